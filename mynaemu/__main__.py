@@ -1,0 +1,7 @@
+"""``python -m mynaemu``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,14 @@
+"""住基AP (resident-registry AP), AID ...0401 (spec Part A.1): a 4-digit PIN at EF 001C.
+
+The PIN changes with the JICSAP CHANGE KEY command 80 32 00 80 after a successful VERIFY.
+"""
+
+from __future__ import annotations
+
+from .base import Application
+
+
+class JukiAp(Application):
+    """The resident-registry application."""
+
+    COMMANDS = {**Application.COMMANDS, (0x80, 0x32): "change_key"}

@@ -1,0 +1,189 @@
+"""The card: power, ATR, and the command dispatcher (sans-I/O: bytes in, bytes out).
+
+    card = Card.load(card_dir)
+    atr = card.power_on()
+    resp = card.transmit(bytes.fromhex("00A4040C0AD392F000260100000001"))   # b"\\x90\\x00"
+
+The dispatcher parses the APDU, checks the class byte, and calls the current application's
+handler for (CLA, INS) from a table built once at load. SELECT by AID is the card's own: it
+switches application and clears the security status (spec Part A.6). Any unexpected error
+answers 6F00 and the card goes on answering.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from . import carddir, sw
+from .apdu import ApduError, parse_command
+from .aps import APPLICATION_CLASSES, Application, Session
+from .aps.base import Handler, build_efs
+from .keys import KeyRing, StorageFailure
+from .state import StateStore
+
+log = logging.getLogger("mynaemu.card")
+
+_SELECT = 0xA4
+
+
+class Card:
+    """An emulated My Number card."""
+
+    def __init__(self, card_dir: carddir.CardDir, *, interface: str = "contact") -> None:
+        if interface not in ("contact", "contactless"):
+            raise ValueError("interface must be 'contact' or 'contactless'")
+        self.dir = card_dir
+        self.profile = card_dir.profile
+        self.interface = interface
+        self.store = StateStore(card_dir.state_path, card_dir.card_id)
+        self.keyring = KeyRing(self.profile.keys, self.store)
+        self.applications: dict[str, Application] = {}
+        for name, spec in self.profile.aps.items():
+            cls = APPLICATION_CLASSES.get(name, Application)
+            efs = build_efs(spec, card_dir.content, self._key_loader)
+            objects = {tag: card_dir.content.get(cid, b"") for tag, cid in spec.data_objects.items()}
+            self.applications[name] = cls(spec, efs, self.keyring, objects)  # type: ignore[arg-type]
+        self._by_aid = {ap.aid: ap for ap in self.applications.values()}
+        self._tables: dict[str, dict[int, Handler]] = {}
+        for name, ap in self.applications.items():
+            table = dict(ap.table)
+            if (0x00 << 8) | _SELECT in table:
+                table[_SELECT] = self._select
+            self._tables[name] = table
+        self._manager = self.applications["mf"]
+        self.session = Session(self._manager)
+        self._table = self._tables["mf"]
+        self._powered = False
+
+    @classmethod
+    def load(cls, path: Path | str, *, interface: str = "contact") -> Card:
+        """Load a card issued earlier into ``path``; raise StateError if any file is broken."""
+        return cls(carddir.load(path), interface=interface)
+
+    def _key_loader(self, key_id: str) -> Callable[[], rsa.RSAPrivateKey]:
+        pem = self.dir.key_pems.get(key_id)
+        if pem is None:
+            raise ValueError(f"{self.dir.path}: keys.json has no key {key_id!r}")
+
+        def load() -> rsa.RSAPrivateKey:
+            key = load_pem_private_key(pem.encode(), None)
+            assert isinstance(key, rsa.RSAPrivateKey)
+            return key
+
+        return load
+
+    # -- power ---------------------------------------------------------------------------------
+    @property
+    def atr(self) -> bytes:
+        """The ATR of the card's interface."""
+        return self.profile.atr_contactless if self.interface == "contactless" else self.profile.atr_contact
+
+    @property
+    def powered(self) -> bool:
+        return self._powered
+
+    @property
+    def current_ap(self) -> str | None:
+        """The selected application's name, None in the power-on state."""
+        name = self.session.ap.name
+        return None if name == "mf" else name
+
+    def _clear(self) -> None:
+        self.session = Session(self._manager)
+        self._table = self._tables["mf"]
+
+    def power_on(self) -> bytes:
+        """Cold start: the power-on state, no security status. Returns the ATR."""
+        self._clear()
+        self._powered = True
+        return self.atr
+
+    def reset(self) -> bytes:
+        """Warm reset: like power-on; retry counters are untouched. Returns the ATR."""
+        return self.power_on()
+
+    def power_off(self) -> None:
+        """Remove power: the volatile state goes, the durable state stays."""
+        self._clear()
+        self._powered = False
+
+    # -- commands ------------------------------------------------------------------------------
+    def transmit(self, apdu: bytes) -> bytes:
+        """Answer one command APDU with its response (data + SW). Never raises for bad input.
+
+        A card that is not powered is powered on first (cold start), so a freshly loaded card
+        can be used at once.
+        """
+        if not self._powered:
+            self.power_on()
+        try:
+            cla, ins, p1, p2, data, le, ext = parse_command(apdu)
+            if cla == 0x00 or cla == 0x80:
+                handler = self._table.get((cla << 8) | ins)
+                if handler is None:
+                    return sw.INS_NOT_SUPPORTED
+                return handler(self.session, p1, p2, data, le, ext)
+            return _class_error(cla)
+        except ApduError as exc:
+            return exc.sw
+        except StorageFailure as exc:
+            log.error("state write failed, command refused: %s", exc)
+            return sw.MEMORY_FAILURE
+        except Exception:
+            log.exception("internal error answering INS %02X", apdu[1] if len(apdu) > 1 else 0)
+            return sw.INTERNAL_ERROR
+
+    def _select(self, session: Session, p1: int, p2: int, data: bytes, le: int | None, ext: bool) -> bytes:
+        """SELECT: by DF name (P1=04) here; everything else is the current application's."""
+        if p1 != 0x04:
+            return session.ap.select_file(session, p1, p2, data, le, ext)
+        if p2 & 0x03 == 0x02:  # next occurrence: each AID names one DF
+            return sw.FILE_NOT_FOUND
+        if p2 not in (0x00, 0x04, 0x0C):
+            return sw.WRONG_P1P2
+        if not 1 <= len(data) <= 16:
+            return sw.WRONG_LENGTH
+        ap = self._by_aid.get(data)
+        if ap is None:
+            # JICSAP lets a DF be selected by a prefix of its name; the profile's order decides
+            # which (it puts the text AP first among the D392100031000101 family).
+            ap = next((a for a in self.applications.values() if len(data) >= 5 and a.aid.startswith(data)), None)
+            if ap is None:
+                return sw.FILE_NOT_FOUND
+        self.session = Session(ap)
+        self._table = self._tables[ap.name]
+        if p2 == 0x0C:
+            return sw.OK
+        fci = b"\x84" + bytes((len(ap.aid),)) + ap.aid
+        return b"\x6f" + bytes((len(fci),)) + fci + sw.OK
+
+    # -- operator view -------------------------------------------------------------------------
+    def key_status(self) -> dict[str, dict]:
+        """Tries left, limit and blocked flag of every key (no values)."""
+        return self.keyring.status()
+
+    def tries_left(self, key: str) -> int:
+        """Tries left of one key (names as in the profile: auth, sign, text, ...)."""
+        return self.keyring[key].tries_left
+
+
+def _class_error(cla: int) -> bytes:
+    """The status word for a class byte other than 00/80."""
+    if cla == 0xFF:
+        return sw.CLA_NOT_SUPPORTED
+    if cla & 0x80 == 0:  # interindustry class
+        if cla & 0x40 or cla & 0x03:
+            return sw.LOGICAL_CHANNEL_NOT_SUPPORTED
+        if cla & 0x10:
+            return sw.CHAINING_NOT_SUPPORTED
+        if cla & 0x0C:
+            return sw.SECURE_MESSAGING_NOT_SUPPORTED
+        return sw.CLA_NOT_SUPPORTED
+    if cla & 0xFC == 0x80 and cla & 0x03:
+        return sw.LOGICAL_CHANNEL_NOT_SUPPORTED
+    return sw.CLA_NOT_SUPPORTED

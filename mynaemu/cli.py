@@ -1,0 +1,244 @@
+"""The ``mynaemu`` command: issue, inspect, script, administer and serve emulated cards."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+from datetime import date
+from pathlib import Path
+
+from . import admin, sw
+from .card import Card
+from .issuance import IssuanceError, issue_card, persona_from_json
+from .profile import ProfileError
+from .redact import mask_command
+from .state import StateError
+
+KEY_NAMES = ("auth", "sign", "text", "juki", "common", "text-a", "text-b", "visual-a", "visual-b", "visual-birth")
+SEXES = {"male": "1", "m": "1", "1": "1", "female": "2", "f": "2", "2": "2", "n/a": "9", "9": "9"}
+
+
+class UsageError(Exception):
+    """A command-line mistake; the message says what to do."""
+
+
+def data_dir() -> Path:
+    """Where mynaemu keeps per-user data (the demo card, the emulated authority)."""
+    if env := os.environ.get("MYNAEMU_DATA_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mynaemu"
+
+
+# -- issue ---------------------------------------------------------------------------------------
+def _persona(args: argparse.Namespace):
+    from .persona import Persona
+
+    birth = None
+    if args.birth:
+        try:
+            birth = date.fromisoformat(args.birth)
+        except ValueError:
+            raise UsageError(f"--birth {args.birth!r}: give the birth date as YYYY-MM-DD") from None
+    sex = None
+    if args.sex:
+        sex = SEXES.get(args.sex.lower())
+        if sex is None:
+            raise UsageError(f"--sex {args.sex!r}: use male, female or n/a (or 1, 2, 9)")
+    rng = random.Random(args.seed) if args.seed is not None else None
+    try:
+        persona = Persona.generate(rng, name=args.name, birth=birth, sex=sex, my_number=args.my_number)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.kana:
+        family, _, given = args.kana.partition("\u3000")
+        if not given:
+            raise UsageError("--kana: separate family and given name with an ideographic space (U+3000)")
+        persona = dataclasses.replace(persona, family_name_kana=family, given_name_kana=given)
+    if args.address:
+        persona = dataclasses.replace(persona, address=args.address)
+    return persona
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    secrets = {"auth": args.auth_pin, "sign": args.sign_pin, "text": args.text_pin, "juki": args.juki_pin}
+    issued = issue_card(args.card_dir, persona=_persona(args), secrets=secrets, profile=args.profile)
+    p = issued.persona
+    print(f"Issued an emulated My Number card in {issued.path}")
+    print(f"  name        {p.name} ({p.name_kana})")
+    print(f"  birth       {p.birth.isoformat()}   sex {p.sex}")
+    print(f"  card expiry {p.card_expiry.isoformat()}   certificates {p.cert_expiry.isoformat()}")
+    print("Secrets (shown this once; keep them):")
+    print(f"  auth PIN          {issued.secrets['auth']}")
+    print(f"  signing password  {issued.secrets['sign']}")
+    print(f"  input-assist PIN  {issued.secrets['text']}")
+    print(f"  住基/common PIN    {issued.secrets['juki']}")
+    print(f"  My Number (照合番号A) {p.my_number}   security code {p.security_code}")
+    return 0
+
+
+# -- info ----------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    card = Card.load(args.card_dir)
+    persona = card.dir.meta.get("persona", {})
+    apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}
+    keys = card.key_status()
+    if args.json:
+        json.dump({"card_id": card.dir.card_id, "persona": persona, "applications": apps, "keys": keys},
+                  sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    print(f"Card {card.dir.card_id} in {card.dir.path}")
+    p = persona_from_json(persona)
+    print(f"  {p.name} ({p.name_kana}), born {p.birth.isoformat()}, sex {p.sex}")
+    print(f"  {p.address}")
+    print(f"  card expiry {p.card_expiry.isoformat()}, certificates {p.cert_expiry.isoformat()}")
+    print("Applications:")
+    for name, a in apps.items():
+        print(f"  {name:<7} {a['aid']:<22} {a['title']}")
+    print("Keys:")
+    for name, k in keys.items():
+        state = "BLOCKED" if k["blocked"] else "ok"
+        print(f"  {name:<14} {k['tries_left']:>2}/{k['limit']:<2} {state:<8} {k['label']}")
+    return 0
+
+
+# -- send ----------------------------------------------------------------------------------------
+def cmd_send(args: argparse.Namespace) -> int:
+    card = Card.load(args.card_dir)
+    card.power_on()
+    apdus = []
+    for text in args.apdu:
+        cleaned = "".join(text.split())
+        try:
+            apdus.append(bytes.fromhex(cleaned))
+        except ValueError:
+            raise UsageError(f"{text!r} is not an APDU in hex (e.g. 00A4040C0AD392F000260100000001)") from None
+    for apdu in apdus:
+        resp = card.transmit(apdu)
+        print(f"{mask_command(apdu)} -> {resp.hex().upper()}  {sw.describe(resp[-2:])}")
+    card.power_off()
+    return 0
+
+
+# -- admin ---------------------------------------------------------------------------------------
+def cmd_admin(args: argparse.Namespace) -> int:
+    card = Card.load(args.card_dir)
+    if args.action == "unblock":
+        admin.unblock(card, args.key)
+        print(f"{args.key}: unblocked, {card.tries_left(args.key)} tries")
+    elif args.action == "reset-pin":
+        admin.reset_pin(card, args.key, args.new)
+        print(f"{args.key}: new value set, {card.tries_left(args.key)} tries")
+    else:
+        admin.kiosk_reset(card, args.key, args.new, args.other)
+        print(f"{args.key}: new value set at the kiosk, {card.tries_left(args.key)} tries")
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------------------------
+def demo_card_dir() -> Path:
+    """The demo card that ``mynaemu serve`` issues once and reuses."""
+    return data_dir() / "demo-card"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from reader_bridge.serve import reader_name, serve
+
+    card_dir = Path(args.card_dir) if args.card_dir else demo_card_dir()
+    if not args.card_dir and not (card_dir / "card.json").exists():
+        issued = issue_card(card_dir)
+        print(f"Issued the demo card in {card_dir}; its secrets (shown this once):")
+        for name, value in issued.secrets.items():
+            print(f"  {name:<5} {value}")
+    card = Card.load(card_dir, interface="contactless" if args.contactless else "contact")
+
+    def ready(readers: list[str]) -> None:
+        name = readers[0] if readers else reader_name(args.slot)
+        print(f"Serving card {card.dir.card_id} in reader {name!r}. Ctrl-C stops.")
+        print("  opensc-tool -n                       # names the card (JPKI)")
+        print(f"  python -c \"from smartcard.System import readers; c=[r for r in readers() if str(r)=='{name}'][0]"
+              ".createConnection(); c.connect(); print(c.transmit([0x00,0xA4,0x04,0x0C,0x0A,0xD3,0x92,0xF0,0x00,0x26,0x01,0x00,0x00,0x00,0x01]))\"")
+        sys.stdout.flush()
+
+    serve({args.slot: card}, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready)
+    print("Stopped; the card's state is saved.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mynaemu",
+        description="Emulate the IC chip of Japan's My Number card, in-process or in a PC/SC reader.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("issue", help="issue a new emulated card into CARD_DIR")
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
+    p.add_argument("--name", help="name in kanji, family and given separated by U+3000 (random if omitted)")
+    p.add_argument("--kana", help="the name in katakana, family and given separated by U+3000")
+    p.add_argument("--address", help="address (random fictitious one if omitted)")
+    p.add_argument("--birth", help="birth date YYYY-MM-DD")
+    p.add_argument("--sex", help="male, female or n/a")
+    p.add_argument("--my-number", help="12-digit My Number with a valid check digit (random if omitted)")
+    p.add_argument("--auth-pin", help="JPKI user-authentication PIN, 4 digits")
+    p.add_argument("--sign-pin", help="JPKI signing password, 6-16 of A-Z and 0-9")
+    p.add_argument("--text-pin", help="input-assist AP PIN, 4 digits")
+    p.add_argument("--juki-pin", help="住基 and common AP PIN, 4 digits")
+    p.add_argument("--profile", type=Path, help="card profile TOML (default: apdu_specs/profile.toml)")
+    p.add_argument("--seed", type=int, help="seed for a reproducible random persona")
+    p.set_defaults(func=cmd_issue)
+
+    p = sub.add_parser("info", help="show a card's persona, applications and key counters")
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("send", help="power the card on and send APDUs (hex) in one session")
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
+    p.add_argument("apdu", metavar="APDU_HEX", nargs="+")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("admin", help="operator commands: unblock, reset a PIN, kiosk reset")
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
+    asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = asub.add_parser("unblock", help="restore a key's full retry counter (municipal office)")
+    a.add_argument("key", choices=KEY_NAMES, metavar="KEY", help=", ".join(KEY_NAMES))
+    a = asub.add_parser("reset-pin", help="set a new PIN/password and a full counter (municipal office)")
+    a.add_argument("key", choices=KEY_NAMES, metavar="KEY")
+    a.add_argument("new", metavar="NEW")
+    a = asub.add_parser("kiosk-reset", help="reset one JPKI secret by presenting the other (kiosk rule)")
+    a.add_argument("key", choices=("auth", "sign"), metavar="KEY")
+    a.add_argument("new", metavar="NEW")
+    a.add_argument("--other", required=True, help="the current value of the other JPKI secret")
+    p.set_defaults(func=cmd_admin)
+
+    p = sub.add_parser("serve", help="put a card into a PC/SC virtual reader (pcscd + vpcd)")
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path, nargs="?",
+                   help="card to serve (default: a demo card issued once into the data directory)")
+    p.add_argument("--slot", type=int, default=0, help="vpcd slot: 0 = 'Virtual PCD 00 00', 1 = '... 00 01'")
+    p.add_argument("--trace", type=Path, help="write an APDU trace (JSON lines, secrets masked)")
+    p.add_argument("--contactless", action="store_true", help="answer the contactless (Type B) ATR")
+    p.add_argument("--no-start-pcscd", action="store_true", help="never start pcscd; use a running one")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, IssuanceError, admin.AdminError, StateError, ProfileError) as exc:
+        print(f"mynaemu {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Issuing a card: persona, secrets, keys, certificates and files into a new CARD_DIR.
+
+The emulated CAs and CV issuers (``pki.Authority``) are kept once per installation and reused
+for every card, as a real issuing authority would. The card directory is assembled in a temporary
+sibling and renamed into place, so a failed issuance leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+import shutil
+import string
+import tempfile
+from dataclasses import dataclass, fields
+from datetime import date
+from pathlib import Path
+
+from . import carddir
+from .content import CardKeys, build_contents
+from .keys import format_ok, format_rule
+from .persona import Persona, check_number_b, japanese_era_yymmdd
+from .pki import Authority, default_authority_dir
+from .profile import Profile
+from .state import StateStore
+
+# The holder's secrets, by key name. The common AP's PIN is issued with the 住基 PIN's value
+# (spec Part A.1): the card's user interfaces present them as one PIN.
+SECRET_KEYS = ("auth", "sign", "text", "juki")
+SECRET_ALIASES = {"common": "juki"}
+
+
+class IssuanceError(ValueError):
+    """An issuance request that breaks a rule; the message states the rule."""
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """What issuance returns: where the card is, who it is for and its secrets (shown once)."""
+
+    path: Path
+    persona: Persona
+    secrets: dict[str, str]
+
+
+def random_secret(fmt: str) -> str:
+    """A random value of a key format (4 digits, or an 8-character signing password)."""
+    if fmt == "password":
+        alphabet = string.ascii_uppercase + string.digits
+        while True:
+            value = "".join(_random.choice(alphabet) for _ in range(8))
+            if any(c.isalpha() for c in value) and any(c.isdigit() for c in value):
+                return value
+    digits = {"digits4": 4, "digits6": 6, "digits12": 12, "digits14": 14}[fmt]
+    return "".join(_random.choice(string.digits) for _ in range(digits))
+
+
+def persona_to_json(persona: Persona) -> dict:
+    """The persona as JSON-ready values (dates as ISO strings)."""
+    return {f.name: (v.isoformat() if isinstance(v := getattr(persona, f.name), date) else v) for f in fields(persona)}
+
+
+def persona_from_json(doc: dict) -> Persona:
+    """Inverse of ``persona_to_json``."""
+    values = {}
+    for f in fields(Persona):
+        v = doc[f.name]
+        values[f.name] = date.fromisoformat(v) if f.type in (date, "date", "datetime.date") else v
+    return Persona(**values)
+
+
+def _reference_values(profile: Profile, persona: Persona, secrets: dict[str, str]) -> dict[str, dict]:
+    """The initial state of every key: value and a full counter (blocked for 'none' keys)."""
+    era = profile.check_b_japanese_era
+    out: dict[str, dict] = {}
+    for name, spec in profile.keys.items():
+        if spec.value == "secret":
+            value = secrets[SECRET_ALIASES.get(name, name)]
+        elif spec.value == "my_number":
+            value = persona.my_number
+        elif spec.value == "check_b":
+            value = check_number_b(persona, japanese_era=era)
+        elif spec.value == "birth_yymmdd":
+            value = japanese_era_yymmdd(persona.birth) if era else persona.birth.strftime("%y%m%d")
+        else:
+            out[name] = {"limit": spec.limit, "tries_left": 0, "value": b""}
+            continue
+        out[name] = {"limit": spec.limit, "tries_left": spec.limit, "value": value.encode("ascii")}
+    return out
+
+
+def check_secrets(profile: Profile, given: dict[str, str | None]) -> dict[str, str]:
+    """Fill in random values for missing secrets and check given ones against their format."""
+    out: dict[str, str] = {}
+    for name in SECRET_KEYS:
+        spec = profile.keys[name]
+        value = given.get(name)
+        if value is None:
+            value = random_secret(spec.format)
+        elif not format_ok(spec.format, value.encode("ascii", "replace")):
+            raise IssuanceError(f"--{name}-pin: the {spec.label} must be {format_rule(spec.format)}")
+        out[name] = value
+    return out
+
+
+def issue_card(
+    card_dir: Path | str,
+    *,
+    persona: Persona | None = None,
+    secrets: dict[str, str | None] | None = None,
+    profile: Profile | Path | str | None = None,
+    authority: Authority | None = None,
+    keys: CardKeys | None = None,
+) -> IssuedCard:
+    """Issue a new card into ``card_dir`` (which must not hold a card yet)."""
+    root = Path(card_dir)
+    if (root / "card.json").exists() or (root / "state.json").exists():
+        raise IssuanceError(
+            f"{root}: already holds a card; choose another directory (re-issuing here would reset its retry counters)"
+        )
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise IssuanceError(f"{root}: exists and is not an empty directory")
+    prof = profile if isinstance(profile, Profile) else Profile.load(profile)
+    persona = persona or Persona.generate()
+    values = check_secrets(prof, secrets or {})
+    authority = authority or Authority.load_or_create(default_authority_dir())
+    keys = keys or CardKeys.generate()
+    content = build_contents(persona, keys, authority, japanese_era=prof.check_b_japanese_era)
+    meta = {
+        "card_id": persona.card_serial,
+        "persona": persona_to_json(persona),
+        "issued_by": "mynaemu (emulated card; not a real My Number card)",
+    }
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        carddir.write(staging, prof.text(), meta, content, keys.to_pem_dict())
+        StateStore(staging / "state.json", persona.card_serial).save(_reference_values(prof, persona, values))
+        if root.exists():
+            root.rmdir()
+        os.rename(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return IssuedCard(root, persona, values)
