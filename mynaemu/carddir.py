@@ -70,7 +70,10 @@ def load(path: Path | str) -> CardDir:
     for name, fmt in (("content.json", CONTENT_FORMAT), ("keys.json", KEYS_FORMAT)):
         doc = read_json(root / name, fmt, VERSION)
         if doc.get("card_id") != card_id:
-            raise StateError(f"{root / name}: belongs to card {doc.get('card_id')!r}, not {card_id!r}")
+            raise StateError(
+                f"{root / name}: belongs to card {doc.get('card_id')!r}, but {root / 'card.json'} "
+                f"says this is card {card_id!r}; the directory mixes files of two cards"
+            )
         docs[name] = doc
     content = _decode_content(root / "content.json", docs["content.json"].get("objects"))
     key_pems = docs["keys.json"].get("keys")
@@ -92,7 +95,8 @@ def write(
     card_id = meta["card_id"]
     objects = {k: [r.hex() for r in v] if isinstance(v, list) else v.hex() for k, v in content.items()}
     atomic_write(root / "profile.toml", profile_text.encode())
-    atomic_write(root / "content.json", _json({"format": CONTENT_FORMAT, "version": VERSION, "card_id": card_id, "objects": objects}))
-    atomic_write(root / "keys.json", _json({"format": KEYS_FORMAT, "version": VERSION, "card_id": card_id, "keys": key_pems}))
+    head = {"version": VERSION, "card_id": card_id}
+    atomic_write(root / "content.json", _json({"format": CONTENT_FORMAT, **head, "objects": objects}))
+    atomic_write(root / "keys.json", _json({"format": KEYS_FORMAT, **head, "keys": key_pems}))
     # card.json last: its presence marks a complete card.
     atomic_write(root / "card.json", _json({"format": CARD_FORMAT, "version": VERSION, **meta}))

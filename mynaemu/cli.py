@@ -161,8 +161,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name = readers[0] if readers else reader_name(args.slot)
         print(f"Serving card {card.dir.card_id} in reader {name!r}. Ctrl-C stops.")
         print("  opensc-tool -n                       # names the card (JPKI)")
-        print(f"  python -c \"from smartcard.System import readers; c=[r for r in readers() if str(r)=='{name}'][0]"
-              ".createConnection(); c.connect(); print(c.transmit([0x00,0xA4,0x04,0x0C,0x0A,0xD3,0x92,0xF0,0x00,0x26,0x01,0x00,0x00,0x00,0x01]))\"")
+        select_jpki = "[0x00,0xA4,0x04,0x0C,0x0A,0xD3,0x92,0xF0,0x00,0x26,0x01,0x00,0x00,0x00,0x01]"
+        print("  python3 -c \"from smartcard.System import readers; "
+              f"c = [r for r in readers() if str(r) == '{name}'][0].createConnection(); "
+              f"c.connect(); print(c.transmit({select_jpki}))\"")
         sys.stdout.flush()
 
     serve({args.slot: card}, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready)

@@ -1,0 +1,125 @@
+"""Opt-in APDU trace as JSON lines, with secrets masked.
+
+One line per exchange::
+
+    {"ts": "2025-01-01T00:00:00.000000+00:00", "slot": 0, "ap": "jpki",
+     "cmd": "0020008004********", "rsp": "9000", "sw": "9000", "us": 41}
+
+and one per link/power event (``{"ts", "slot", "event"}``). The command data of VERIFY
+(INS 20), CHANGE REFERENCE DATA (INS 24), RESET RETRY COUNTER (INS 2C) in any class and of
+JICSAP CHANGE KEY (INS 32 in a proprietary class, e.g. CLA 80) is replaced by ``**`` per
+byte; the header, Lc and Le stay. Tracing costs nothing when off: links hold ``trace=None``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+MASK = "**"
+_SECRET_INS_ANY_CLASS = frozenset({0x20, 0x24, 0x2C})
+_SECRET_INS_PROPRIETARY = frozenset({0x32})
+
+
+def is_secret_command(apdu: bytes) -> bool:
+    """True when the command data may carry a PIN or key."""
+    if len(apdu) < 4:
+        return False
+    cla, ins = apdu[0], apdu[1]
+    if ins in _SECRET_INS_ANY_CLASS:
+        return True
+    return ins in _SECRET_INS_PROPRIETARY and bool(cla & 0x80) and cla != 0xFF
+
+
+def _data_span(apdu: bytes) -> tuple[int, int]:
+    """Return (start, end) of the command data; the whole tail when it does not parse."""
+    n = len(apdu)
+    if n <= 5:
+        return n, n  # case 1 or case 2 short: no data
+    if apdu[4] != 0:
+        start, lc = 5, apdu[4]
+        trailer = (0, 1)  # no Le, short Le
+    elif n == 7:
+        return n, n  # case 2 extended: no data
+    else:
+        start, lc = 7, int.from_bytes(apdu[5:7], "big")
+        trailer = (0, 2)  # no Le, extended Le
+    if n - start - lc in trailer:
+        return start, start + lc
+    return start, n
+
+
+def mask_apdu(apdu: bytes) -> str:
+    """Hex of a command APDU, its data masked when it is a secret-bearing command."""
+    if not is_secret_command(apdu):
+        return apdu.hex().upper()
+    start, end = _data_span(apdu)
+    return apdu[:start].hex().upper() + MASK * (end - start) + apdu[end:].hex().upper()
+
+
+class ApduTrace:
+    """Thread-safe JSON-lines writer shared by the links of one process."""
+
+    def __init__(self, target: str | Path | IO[str]) -> None:
+        """Open ``target`` (a path, appended to) or use a text stream as is."""
+        self._owns = isinstance(target, str | os.PathLike)
+        if isinstance(target, str | os.PathLike):
+            self._out: IO[str] = open(target, "a", encoding="utf-8")  # noqa: SIM115
+        else:
+            self._out = target
+        self._lock = threading.Lock()
+        self._failed = False
+
+    def _write(self, record: dict[str, object]) -> None:
+        """Append one line; a failing trace is logged once and never breaks the link."""
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._failed or self._out.closed:
+                return
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except (OSError, ValueError):
+                self._failed = True
+                log.exception("APDU trace write failed; tracing stops")
+
+    @staticmethod
+    def _now() -> str:
+        return datetime.now(UTC).isoformat(timespec="microseconds")
+
+    def exchange(self, slot: int, cmd: bytes, rsp: bytes, duration_ns: int, ap: str | None) -> None:
+        """Record one command/response pair."""
+        self._write(
+            {
+                "ts": self._now(),
+                "slot": slot,
+                "ap": ap,
+                "cmd": mask_apdu(cmd),
+                "rsp": rsp.hex().upper(),
+                "sw": rsp[-2:].hex().upper(),
+                "us": duration_ns // 1000,
+            }
+        )
+
+    def event(self, slot: int, event: str) -> None:
+        """Record a link or power event (connect, disconnect, power_on, reset, power_off)."""
+        self._write({"ts": self._now(), "slot": slot, "event": event})
+
+    def close(self) -> None:
+        """Close the file if this trace opened it."""
+        with self._lock:
+            if self._owns and not self._out.closed:
+                self._out.close()
+
+    def __enter__(self) -> ApduTrace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

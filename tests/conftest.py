@@ -1,0 +1,90 @@
+"""Shared fixtures: one issued card per test session, copied fresh for every test."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+SECRETS = {"auth": "1234", "sign": "ABC123", "text": "5678", "juki": "2468"}
+MY_NUMBER = "123456789018"  # check digit 8 (Part A.8)
+
+AID = {
+    "jpki": "D392F000260100000001",
+    "text": "D3921000310001010408",
+    "visual": "D3921000310001010402",
+    "juki": "D3921000310001010401",
+    "common": "D3921000310001010100",
+    "mf": "A0000001510000",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep the emulated authority and demo card of the tests out of the user's home."""
+    path = tmp_path_factory.mktemp("mynaemu-data")
+    old = os.environ.get("MYNAEMU_DATA_DIR")
+    os.environ["MYNAEMU_DATA_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MYNAEMU_DATA_DIR", None)
+    else:
+        os.environ["MYNAEMU_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def issued_template(tmp_path_factory: pytest.TempPathFactory, _data_dir: Path):
+    """One card issued for the whole session (RSA key generation is the slow part)."""
+    from mynaemu.issuance import issue_card
+    from mynaemu.persona import Persona
+
+    persona = Persona.generate(
+        random.Random(7), name="山田\u3000太郎", birth=date(1980, 2, 17), sex="1", my_number=MY_NUMBER
+    )
+    return issue_card(tmp_path_factory.mktemp("template") / "card", persona=persona, secrets=dict(SECRETS))
+
+
+@pytest.fixture
+def card_dir(issued_template, tmp_path: Path) -> Path:
+    """A fresh copy of the session's card, with full counters."""
+    dest = tmp_path / "card"
+    shutil.copytree(issued_template.path, dest)
+    return dest
+
+
+@pytest.fixture
+def card(card_dir: Path):
+    """The fresh card, loaded and powered on."""
+    from mynaemu import Card
+
+    c = Card.load(card_dir)
+    c.power_on()
+    return c
+
+
+def tx(card, hexstr: str) -> bytes:
+    """Send an APDU given as hex (spaces allowed)."""
+    return card.transmit(bytes.fromhex(hexstr.replace(" ", "")))
+
+
+def select_ap(card, name: str) -> bytes:
+    aid = AID[name]
+    return tx(card, f"00A4040C{len(aid) // 2:02X}{aid}")
+
+
+def select_ef(card, fid: str) -> bytes:
+    return tx(card, f"00A4020C02{fid}")
+
+
+def verify(card, value: str | bytes, p2: int = 0x80) -> bytes:
+    data = value.encode() if isinstance(value, str) else value
+    return card.transmit(bytes((0x00, 0x20, 0x00, p2, len(data))) + data)
+
+
+def query(card, p2: int = 0x80) -> bytes:
+    return card.transmit(bytes((0x00, 0x20, 0x00, p2)))
