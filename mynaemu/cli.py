@@ -140,6 +140,64 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- replay --------------------------------------------------------------------------------------
+def _reader_transmit(name: str):
+    """A transmit function for a PC/SC reader (a real card, or a served one)."""
+    try:
+        from smartcard.System import readers
+    except ImportError:
+        raise UsageError("--reader needs pyscard: pip install 'mynaemu[pcsc]'") from None
+    found = [r for r in readers() if str(r) == name or str(r).startswith(name)]
+    if not found:
+        raise UsageError(f"no reader named {name!r}; readers: {[str(r) for r in readers()]}")
+    conn = found[0].createConnection()
+    conn.connect()
+
+    def transmit(apdu: bytes) -> bytes:
+        data, sw1, sw2 = conn.transmit(list(apdu))
+        return bytes(data) + bytes((sw1, sw2))
+
+    return transmit
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .transcript import TranscriptError, card_variables, replay_file, transcript_files
+
+    if args.list:
+        for path in transcript_files():
+            print(path.stem)
+        return 0
+    if not args.flow:
+        raise UsageError("name at least one transcript (see --list)")
+    if (args.card is None) == (args.reader is None):
+        raise UsageError("give exactly one of --card CARD_DIR (the emulator) or --reader NAME (PC/SC)")
+    variables: dict[str, object] = {}
+    if args.card is not None:
+        card = Card.load(args.card)
+        secrets = {k: card.keyring[k].value.decode("ascii") for k in ("auth", "sign", "text", "juki")}
+        variables.update(card_variables(card, secrets))
+        card.power_on()
+        transmit = card.transmit
+    else:
+        transmit = _reader_transmit(args.reader)
+    for item in args.var:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--var {item!r}: write NAME=VALUE (e.g. auth_pin=1234)")
+        variables[name] = value
+    failed = 0
+    for flow in args.flow:
+        if args.card is not None:
+            card.power_on()  # every transcript starts in the power-on state
+        try:
+            result = replay_file(flow, transmit, variables)
+        except (TranscriptError, FileNotFoundError) as exc:
+            raise UsageError(str(exc)) from None
+        print(f"{flow}: {result.summary()}")
+        failed += not result.ok
+    return 1 if failed else 0
+
+
 # -- serve ---------------------------------------------------------------------------------------
 def demo_card_dir() -> Path:
     """The demo card that ``mynaemu serve`` issues once and reuses."""
@@ -218,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("new", metavar="NEW")
     a.add_argument("--other", required=True, help="the current value of the other JPKI secret")
     p.set_defaults(func=cmd_admin)
+
+    p = sub.add_parser("replay", help="replay conformance transcripts against a card or a PC/SC reader")
+    p.add_argument("flow", metavar="FLOW", nargs="*", help="transcript name (e.g. opensc-pkcs15-dump) or file")
+    p.add_argument("--card", type=Path, metavar="CARD_DIR", help="replay against this emulated card")
+    p.add_argument("--reader", metavar="NAME", help="replay through this PC/SC reader (a real card)")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="a transcript variable, e.g. auth_pin=1234 (needed for a real card)")
+    p.add_argument("--list", action="store_true", help="list the transcripts")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("serve", help="put a card into a PC/SC virtual reader (pcscd + vpcd)")
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path, nargs="?",

@@ -96,3 +96,23 @@ def test_issue_end_to_end_subprocess(tmp_path) -> None:
               "0020008004" + b"4321".hex())
     assert res.returncode == 0 and res.stdout.splitlines()[2].endswith("9000  success")
     assert "4321" not in res.stdout.replace("0020008004", "")
+
+
+def test_replay_transcripts_against_card(card_dir, capsys) -> None:
+    assert main(["replay", "--card", str(card_dir), "opensc-pkcs15-dump", "myna-pin-status"]) == 0
+    out = capsys.readouterr().out
+    assert "opensc-pkcs15-dump: opensc-pkcs15-dump.txt: OK" in out and "myna-pin-status" in out
+
+
+def test_replay_reports_mismatch_with_exit_1(card_dir, tmp_path, capsys) -> None:
+    flow = tmp_path / "wrong.txt"
+    flow.write_text("# a flow that expects the wrong thing\n00 A4 04 0C data=D392F000260100000001 => 9000\n"
+                    "00 A4 02 0C data=0001 => 9000\n00 B0 00 00 le=04 => 30829000\n")
+    assert main(["replay", "--card", str(card_dir), str(flow)]) == 1
+    out = capsys.readouterr().out
+    assert "wrong.txt" in out and "6982" in out
+
+
+def test_replay_needs_a_target(capsys) -> None:
+    assert main(["replay", "opensc-bind"]) == 2
+    assert "--card" in capsys.readouterr().err
