@@ -4,12 +4,13 @@
 and GET DATA objects (the logical content; the card pads to the EF size with the profile's
 filler), a list of records for record EFs. Layouts follow spec §2, §4 and §5.3.
 
-Trust model (the brief's; see the report for MCARD's variant): the text and visual AP CV
-certificates (EF 0004) certify the APs' own keys (text EF 0013, visual EF 001A), and those keys
-sign the AP's data records, so a client verifies EF 0004 with the emulated issuer's key and then
-every record and every challenge signature with the key inside EF 0004. Text EF 0007 DF52 is the
-text CV issuer's signature over DF51. The MF chain: root -> intermediate (F8), intermediate ->
-the common AP's INTERNAL AUTHENTICATE key (7F21).
+Trust model: the text and visual AP CV certificates (EF 0004) certify the APs' own keys (text
+EF 0013, visual EF 001A), and those keys sign the AP's data records, so a client verifies EF 0004
+with the emulated issuer's key, then every record and every challenge signature with the key
+inside EF 0004. Text EF 0007 DF52 is the text CV issuer's signature over the DF51 TLV. (MCARD
+reads real cards differently: EF 0004 certifies a municipality key that signs the records and
+DF52, and the AP keys are certified only through DF51/DF24. Both pass §5.3's checks.) The MF
+chain: root -> intermediate (F8), intermediate -> the common AP's INTERNAL AUTHENTICATE key (7F21).
 """
 
 from __future__ import annotations
@@ -102,9 +103,7 @@ class CardKeys:
         """Every key as an unencrypted PKCS#8 PEM string, by profile key id."""
         return {
             key_id: getattr(self, attr)
-            .private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
+            .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
             .decode("ascii")
             for key_id, attr in KEY_IDS.items()
         }
@@ -329,15 +328,11 @@ def _visual(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[
         "visual.age_record": age_record,
         "visual.my_number_image": my_number_image,
         "visual.basic_info": basic_info,
-        "visual.cv_cert": authority.visual_cv_certificate(
-            _card_key_id(persona, "2"), keys.visual_ap.public_key()
-        ),
+        "visual.cv_cert": authority.visual_cv_certificate(_card_key_id(persona, "2"), keys.visual_ap.public_key()),
     }
 
 
-def _records_and_mf(
-    persona: Persona, keys: CardKeys, authority: pki.Authority
-) -> dict[str, bytes | list[bytes]]:
+def _records_and_mf(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[str, bytes | list[bytes]]:
     key_ref = _card_key_id(persona, "5")
     card_id = persona.card_serial + persona.municipality_code + persona.card_expiry.strftime("%Y%m%d")
     return {

@@ -142,9 +142,7 @@ def face_jp2(persona: Persona) -> bytes:
     draw.ellipse((cx - 40, top + head_h + 8, cx + 40, h + 40), fill=clothes)  # shoulders
     draw.rectangle((cx - 7, top + head_h - 6, cx + 7, top + head_h + 14), fill=skin)  # neck
     draw.ellipse((cx - head_w // 2, top, cx + head_w // 2, top + head_h), fill=skin)  # head
-    draw.chord(
-        (cx - head_w // 2 - 2, top - 4, cx + head_w // 2 + 2, top + head_h // 2 + 6), 180, 360, fill=hair
-    )
+    draw.chord((cx - head_w // 2 - 2, top - 4, cx + head_w // 2 + 2, top + head_h // 2 + 6), 180, 360, fill=hair)
     eye_y = top + head_h // 2 + 2
     for side in (-1, 1):
         ex = cx + side * head_w // 5
@@ -153,7 +151,5 @@ def face_jp2(persona: Persona) -> bytes:
     draw.arc((cx - 7, mouth_y - 4, cx + 7, mouth_y + 3), 20, 160, fill=80)
     out = io.BytesIO()
     # Lossy wavelet at 1:6 keeps the file near 2 KB; irreversible=True is the 9/7 transform.
-    image.save(
-        out, format="JPEG2000", quality_mode="rates", quality_layers=[6], irreversible=True, no_jp2=False
-    )
+    image.save(out, format="JPEG2000", quality_mode="rates", quality_layers=[6], irreversible=True, no_jp2=False)
     return out.getvalue()

@@ -56,11 +56,7 @@ def my_number_check_digit(first11: str) -> str:
 
 def is_valid_my_number(s: str) -> bool:
     """Whether `s` is 12 ASCII digits whose last digit is the check digit of the first 11."""
-    return (
-        isinstance(s, str)
-        and re.fullmatch(r"[0-9]{12}", s) is not None
-        and my_number_check_digit(s[:11]) == s[11]
-    )
+    return isinstance(s, str) and re.fullmatch(r"[0-9]{12}", s) is not None and my_number_check_digit(s[:11]) == s[11]
 
 
 # -- Japanese eras -----------------------------------------------------------------------------
@@ -171,9 +167,7 @@ class Persona:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"the {label} must be a non-empty string")
             if IDEOGRAPHIC_SPACE in value:
-                raise ValueError(
-                    f"the {label} must not contain the ideographic space U+3000 (it separates the two)"
-                )
+                raise ValueError(f"the {label} must not contain the ideographic space U+3000 (it separates the two)")
         for label, value in (
             ("family name kana", self.family_name_kana),
             ("given name kana", self.given_name_kana),

@@ -355,9 +355,7 @@ class Authority:
         auth_key, sign_key = generate_rsa_key(), generate_rsa_key()
         return cls(
             auth_ca_key=auth_key,
-            auth_ca_certificate=_self_signed_ca(
-                auth_key, _ca_name("user authentication", "User Authentication")
-            ),
+            auth_ca_certificate=_self_signed_ca(auth_key, _ca_name("user authentication", "User Authentication")),
             sign_ca_key=sign_key,
             sign_ca_certificate=_self_signed_ca(sign_key, _ca_name("digital signature", "Digital Signature")),
             cv_root_key=generate_rsa_key(),
@@ -445,9 +443,7 @@ class Authority:
             path = root / manifest["certificates"].get(attr, "")
             cert = _load_certificate(path)
             if cert.public_key().public_numbers() != keys[key_attr].public_key().public_numbers():
-                raise AuthorityError(
-                    f"{path}: certificate does not match its key {manifest['keys'][key_attr]}"
-                )
+                raise AuthorityError(f"{path}: certificate does not match its key {manifest['keys'][key_attr]}")
             certs[attr] = cert
         return cls(**keys, **certs, directory=root)
 
@@ -492,9 +488,7 @@ class Authority:
         }
 
     # -- X.509 end-entity certificates
-    def auth_certificate(
-        self, persona: Persona, public_key: rsa.RSAPublicKey, serial: int | None = None
-    ) -> x509.Certificate:
+    def auth_certificate(self, persona: Persona, public_key: rsa.RSAPublicKey, serial: int | None = None) -> x509.Certificate:
         """利用者証明用電子証明書: no personal data at all; keyUsage digitalSignature."""
         return self._end_entity(
             self.auth_ca_key,
@@ -505,9 +499,7 @@ class Authority:
             _key_usage(non_repudiation=False),
         ).sign(self.auth_ca_key, hashes.SHA256())
 
-    def sign_certificate(
-        self, persona: Persona, public_key: rsa.RSAPublicKey, serial: int | None = None
-    ) -> x509.Certificate:
+    def sign_certificate(self, persona: Persona, public_key: rsa.RSAPublicKey, serial: int | None = None) -> x509.Certificate:
         """署名用電子証明書: the four basic attributes in subjectAltName otherNames (spec §4.3)."""
         values = {
             "name": persona.name,
@@ -519,10 +511,7 @@ class Authority:
         }
         # The order a test card was seen to use: 1, 4, 3, 5, 2, 6.
         san = x509.SubjectAlternativeName(
-            [
-                x509.OtherName(JPKI_ATTRIBUTE_OIDS[field], _utf8_string(value))
-                for field, value in values.items()
-            ]
+            [x509.OtherName(JPKI_ATTRIBUTE_OIDS[field], _utf8_string(value)) for field, value in values.items()]
         )
         builder = self._end_entity(
             self.sign_ca_key,
@@ -560,35 +549,25 @@ class Authority:
             .not_valid_after(datetime.combine(persona.cert_expiry, time(23, 59, 59), JST))
             .add_extension(key_usage, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         )
 
     # -- CV certificates
     def text_cv_certificate(self, subject_key_id: bytes, public_key: rsa.RSAPublicKey) -> bytes:
         """Text AP EF 0004: `public_key` certified by the text-AP CV issuer."""
-        return build_cv_certificate(
-            self.text_cv_issuer_key, TEXT_CV_ISSUER_KEY_ID, subject_key_id, public_key
-        )
+        return build_cv_certificate(self.text_cv_issuer_key, TEXT_CV_ISSUER_KEY_ID, subject_key_id, public_key)
 
     def visual_cv_certificate(self, subject_key_id: bytes, public_key: rsa.RSAPublicKey) -> bytes:
         """Visual AP EF 0004: `public_key` certified by the visual-AP CV issuer."""
-        return build_cv_certificate(
-            self.visual_cv_issuer_key, VISUAL_CV_ISSUER_KEY_ID, subject_key_id, public_key
-        )
+        return build_cv_certificate(self.visual_cv_issuer_key, VISUAL_CV_ISSUER_KEY_ID, subject_key_id, public_key)
 
     def cv_root_to_intermediate(self) -> bytes:
         """MF GET DATA F8: the intermediate's key certified by the root."""
-        return build_cv_certificate(
-            self.cv_root_key, CV_ROOT_KEY_ID, CV_INTERMEDIATE_KEY_ID, self.cv_intermediate_public_key
-        )
+        return build_cv_certificate(self.cv_root_key, CV_ROOT_KEY_ID, CV_INTERMEDIATE_KEY_ID, self.cv_intermediate_public_key)
 
     def cv_intermediate_certificate(self, subject_key_id: bytes, public_key: rsa.RSAPublicKey) -> bytes:
         """MF GET DATA 7F21: `public_key` certified by the intermediate."""
-        return build_cv_certificate(
-            self.cv_intermediate_key, CV_INTERMEDIATE_KEY_ID, subject_key_id, public_key
-        )
+        return build_cv_certificate(self.cv_intermediate_key, CV_INTERMEDIATE_KEY_ID, subject_key_id, public_key)
 
 
 # -- file helpers ------------------------------------------------------------------------------
@@ -623,8 +602,6 @@ def _read_manifest(path: Path) -> dict:
         raise AuthorityError(f"{path}: not a mynaemu authority manifest (format must be {FORMAT!r})")
     if doc.get("version") != VERSION:
         raise AuthorityError(f"{path}: authority format version {doc.get('version')!r} is not supported")
-    if not isinstance(doc.get("keys"), dict) or not isinstance(doc.get("certificates"), dict):
-        raise AuthorityError(f"{path}: manifest lacks its 'keys' or 'certificates' table")
     return doc
 
 

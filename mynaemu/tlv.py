@@ -209,24 +209,21 @@ def tlv(tag: int, value: bytes) -> bytes:
     return BerTlv.build({"tag": tag, "value": bytes(value)})
 
 
-def parse_tlv(data: bytes, offset: int = 0) -> Tlv:
-    """Parse the BER-TLV object starting at `offset`; trailing bytes are left alone."""
-    return _parse_with(_BER_HEADER, data, offset, "TLV")
+def parse_tlv(data: bytes, offset: int = 0, end: int | None = None) -> Tlv:
+    """Parse the BER-TLV object starting at `offset`; it must end by `end` (default: the buffer)."""
+    return _parse_with(_BER_HEADER, data, offset, len(data) if end is None else end, "TLV")
 
 
-def _parse_with(header: Struct, data: bytes, offset: int, kind: str) -> Tlv:
+def _parse_with(header: Struct, data: bytes, offset: int, limit: int, kind: str) -> Tlv:
     """Parse a header with construct, then slice the value out of `data`."""
     try:
-        parsed = header.parse(bytes(data[offset : offset + 8]))
+        parsed = header.parse(bytes(data[offset : min(offset + 8, limit)]))
     except Exception as exc:
         raise TlvError(f"bad {kind} header at offset {offset}: {exc}") from None
     value_start = offset + parsed.size
     end = value_start + parsed.length
-    if end > len(data):
-        raise TlvError(
-            f"{kind} {parsed.tag:X} at offset {offset} claims {parsed.length} bytes, "
-            f"only {len(data) - value_start} left"
-        )
+    if end > limit:
+        raise TlvError(f"{kind} {parsed.tag:X} at offset {offset} claims {parsed.length} bytes, only {limit - value_start} left")
     return Tlv(parsed.tag, bytes(data[value_start:end]), offset, end)
 
 
@@ -234,7 +231,7 @@ def iter_tlvs(data: bytes, offset: int = 0, end: int | None = None) -> Iterator[
     """Parse consecutive BER-TLV objects from `offset` to `end` (offsets stay absolute)."""
     stop = len(data) if end is None else end
     while offset < stop:
-        item = parse_tlv(data[:stop], offset)
+        item = parse_tlv(data, offset, stop)
         yield item
         offset = item.end
 
@@ -259,7 +256,7 @@ def simple_tlv(tag: int, value: bytes) -> bytes:
 
 def parse_simple_tlv(data: bytes, offset: int = 0) -> Tlv:
     """Parse the simple-TLV object starting at `offset`."""
-    return _parse_with(_SIMPLE_HEADER, data, offset, "simple-TLV")
+    return _parse_with(_SIMPLE_HEADER, data, offset, len(data), "simple-TLV")
 
 
 def iter_simple_tlvs(data: bytes) -> Iterator[Tlv]:

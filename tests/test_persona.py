@@ -215,9 +215,7 @@ def test_generated_values(seed: int) -> None:
         "大阪府大阪市北区": "27127",
         "福岡県福岡市中央区": "40133",
     }
-    assert [code for prefix, code in expected.items() if p.address.startswith(prefix)] == [
-        p.municipality_code
-    ]
+    assert [code for prefix, code in expected.items() if p.address.startswith(prefix)] == [p.municipality_code]
     # Block numbers in full-width digits, no ASCII digit anywhere in the address.
     assert any("０" <= ch <= "９" for ch in p.address)
     assert not any("0" <= ch <= "9" for ch in p.address)

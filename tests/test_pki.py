@@ -122,9 +122,7 @@ def test_cv_chain_of_the_mf(key: rsa.RSAPrivateKey, authority: pki.Authority) ->
     upper = pki.parse_cv_certificate(authority.cv_root_to_intermediate())
     assert (upper.issuer_key_id, upper.subject_key_id) == (pki.CV_ROOT_KEY_ID, pki.CV_INTERMEDIATE_KEY_ID)
     upper.verify(authority.cv_root_public_key)
-    lower = pki.parse_cv_certificate(
-        authority.cv_intermediate_certificate(pki.key_id("9131011"), key.public_key())
-    )
+    lower = pki.parse_cv_certificate(authority.cv_intermediate_certificate(pki.key_id("9131011"), key.public_key()))
     assert lower.issuer_key_id == upper.subject_key_id
     lower.verify(upper.public_key)  # the key certified above verifies the one below
     assert set(authority.cv_issuer_public_keys()) == {
@@ -152,9 +150,7 @@ def test_ca_certificates_say_they_are_emulations(authority: pki.Authority) -> No
     assert "Digital Signature" in authority.sign_ca_certificate.subject.rfc4514_string()
 
 
-def test_auth_certificate_carries_no_personal_data(
-    authority: pki.Authority, key: rsa.RSAPrivateKey, persona: Persona
-) -> None:
+def test_auth_certificate_carries_no_personal_data(authority: pki.Authority, key: rsa.RSAPrivateKey, persona: Persona) -> None:
     cert = authority.auth_certificate(persona, key.public_key(), serial=12345)
     cert.verify_directly_issued_by(authority.auth_ca_certificate)
     assert cert.serial_number == 12345
@@ -192,9 +188,7 @@ def _other_names(cert: x509.Certificate) -> dict[str, str]:
     return out
 
 
-def test_sign_certificate_attributes(
-    authority: pki.Authority, key: rsa.RSAPrivateKey, persona: Persona
-) -> None:
+def test_sign_certificate_attributes(authority: pki.Authority, key: rsa.RSAPrivateKey, persona: Persona) -> None:
     cert = authority.sign_certificate(persona, key.public_key())
     cert.verify_directly_issued_by(authority.sign_ca_certificate)
     values = _other_names(cert)
