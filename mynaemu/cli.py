@@ -97,6 +97,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  {p.name} ({p.name_kana}), born {p.birth.isoformat()}, sex {p.sex}")
     print(f"  {p.address}")
     print(f"  card expiry {p.card_expiry.isoformat()}, certificates {p.cert_expiry.isoformat()}")
+    if card.dir.meta.get("suspended"):
+        print(f"  SUSPENDED since {card.dir.meta['suspended']}: its JPKI certificates are revoked")
     print("Applications:")
     for name, a in apps.items():
         print(f"  {name:<7} {a['aid']:<22} {a['title']}")
@@ -134,9 +136,17 @@ def cmd_admin(args: argparse.Namespace) -> int:
     elif args.action == "reset-pin":
         admin.reset_pin(card, args.key, args.new)
         print(f"{args.key}: new value set, {card.tries_left(args.key)} tries")
-    else:
+    elif args.action == "kiosk-reset":
         admin.kiosk_reset(card, args.key, args.new, args.other)
         print(f"{args.key}: new value set at the kiosk, {card.tries_left(args.key)} tries")
+    else:
+        from .pki import Authority, default_authority_dir
+        from .revocation import suspend
+
+        crls = suspend(card, Authority.load(default_authority_dir()))
+        print("Card suspended: its JPKI certificates are revoked; the card still answers as before.")
+        for which, path in crls.items():
+            print(f"  {which} CRL: {path}")
     return 0
 
 
@@ -275,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("key", choices=("auth", "sign"), metavar="KEY")
     a.add_argument("new", metavar="NEW")
     a.add_argument("--other", required=True, help="the current value of the other JPKI secret")
+    asub.add_parser("suspend", help="revoke the card's JPKI certificates (lost card); the card still answers")
     p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("replay", help="replay conformance transcripts against a card or a PC/SC reader")
