@@ -35,25 +35,30 @@ class Command(NamedTuple):
 
 def parse_command(apdu: bytes) -> Command:
     """Split a command APDU into its fields, or raise ApduError with the status word to answer."""
+    return Command._make(parse_fields(apdu))
+
+
+def parse_fields(apdu: bytes) -> tuple[int, int, int, int, bytes, int | None, bool]:
+    """``parse_command`` as a plain tuple: the card's hot path (a NamedTuple costs ~0.3 µs more)."""
     n = len(apdu)
     if n < 4:
         raise ApduError(sw.WRONG_LENGTH, "shorter than a header")
     cla, ins, p1, p2 = apdu[0], apdu[1], apdu[2], apdu[3]
     if n == 4:
-        return Command(cla, ins, p1, p2, b"", None, False)
+        return (cla, ins, p1, p2, b"", None, False)
     b4 = apdu[4]
     if n == 5:
-        return Command(cla, ins, p1, p2, b"", b4 or 256, False)
+        return (cla, ins, p1, p2, b"", b4 or 256, False)
     if b4:
         end = 5 + b4
         if n == end:
-            return Command(cla, ins, p1, p2, apdu[5:end], None, False)
+            return (cla, ins, p1, p2, apdu[5:end], None, False)
         if n == end + 1:
-            return Command(cla, ins, p1, p2, apdu[5:end], apdu[end] or 256, False)
+            return (cla, ins, p1, p2, apdu[5:end], apdu[end] or 256, False)
         raise ApduError(sw.WRONG_LENGTH, "Lc does not match the body")
     # b4 == 0 with more bytes: extended length.
     if n == 7:
-        return Command(cla, ins, p1, p2, b"", ((apdu[5] << 8) | apdu[6]) or 65536, True)
+        return (cla, ins, p1, p2, b"", ((apdu[5] << 8) | apdu[6]) or 65536, True)
     if n < 8:
         raise ApduError(sw.WRONG_LENGTH, "truncated extended length")
     lc = (apdu[5] << 8) | apdu[6]
@@ -61,9 +66,9 @@ def parse_command(apdu: bytes) -> Command:
         raise ApduError(sw.WRONG_LENGTH, "extended Lc of zero")
     end = 7 + lc
     if n == end:
-        return Command(cla, ins, p1, p2, apdu[7:end], None, True)
+        return (cla, ins, p1, p2, apdu[7:end], None, True)
     if n == end + 2:
-        return Command(cla, ins, p1, p2, apdu[7:end], ((apdu[end] << 8) | apdu[end + 1]) or 65536, True)
+        return (cla, ins, p1, p2, apdu[7:end], ((apdu[end] << 8) | apdu[end + 1]) or 65536, True)
     raise ApduError(sw.WRONG_LENGTH, "extended Lc does not match the body")
 
 

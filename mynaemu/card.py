@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from . import carddir, sw
-from .apdu import ApduError, parse_command
+from .apdu import ApduError, parse_fields
 from .aps import APPLICATION_CLASSES, Application, Session
 from .aps.base import Handler, build_efs
 from .keys import KeyRing, StorageFailure
@@ -123,7 +123,7 @@ class Card:
         if not self._powered:
             self.power_on()
         try:
-            cla, ins, p1, p2, data, le, ext = parse_command(apdu)
+            cla, ins, p1, p2, data, le, ext = parse_fields(apdu)
             if cla == 0x00 or cla == 0x80:
                 handler = self._table.get((cla << 8) | ins)
                 if handler is None:
