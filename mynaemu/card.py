@@ -122,6 +122,8 @@ class Card:
         """
         if not self._powered:
             self.power_on()
+        if apdu.__class__ is not bytes:  # bytearray/memoryview/list from transports: one copy, then hashable slices
+            apdu = bytes(apdu)
         try:
             cla, ins, p1, p2, data, le, ext = parse_fields(apdu)
             if cla == 0x00 or cla == 0x80:

@@ -17,6 +17,8 @@ from enum import Enum
 from .profile import KeySpec
 from .state import StateStore
 
+_sha256 = hashlib.sha256
+
 # Each format, and the rule it enforces, stated for error messages.
 FORMAT_RULES: dict[str, tuple[re.Pattern[bytes], str]] = {
     "digits4": (re.compile(rb"[0-9]{4}"), "exactly 4 digits"),
@@ -44,6 +46,9 @@ class Outcome(Enum):
     MATCH = "match"
     WRONG = "wrong"
     BLOCKED = "blocked"
+
+
+MATCH, WRONG, BLOCKED = Outcome.MATCH, Outcome.WRONG, Outcome.BLOCKED
 
 
 class StorageFailure(Exception):
@@ -110,14 +115,14 @@ class KeyRing:
         """Compare ``candidate``; a wrong one is durably counted before this returns."""
         key = self.keys[name]
         if key.tries_left == 0:
-            return Outcome.BLOCKED
-        match = hmac.compare_digest(hashlib.sha256(candidate).digest(), key.digest) and bool(key.digest)
+            return BLOCKED
+        match = hmac.compare_digest(_sha256(candidate).digest(), key.digest) and bool(key.digest)
         if match:
             if key.tries_left != key.spec.limit:
                 self._commit(name, tries_left=key.spec.limit)
-            return Outcome.MATCH
+            return MATCH
         self._commit(name, tries_left=key.tries_left - 1)
-        return Outcome.WRONG
+        return WRONG
 
     def change(self, name: str, new_value: bytes) -> None:
         """Set a new value (after a successful VERIFY); the caller has checked its format."""

@@ -121,4 +121,6 @@ class StateStore:
                 for name, k in keys.items()
             },
         }
-        atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode(), fault=self.fault)
+        # Compact separators keep json on its C encoder (indent= forces the pure-Python one, ~4x
+        # slower): this write is on the wrong-VERIFY path.
+        atomic_write(self.path, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode(), fault=self.fault)

@@ -26,6 +26,7 @@ Handler = Callable[["Session", int, int, bytes, "int | None", bool], bytes]
 
 OK = sw.OK
 TRIES_LEFT = sw.TRIES_LEFT
+MATCH, BLOCKED = Outcome.MATCH, Outcome.BLOCKED
 
 
 class Session:
@@ -179,16 +180,17 @@ class Application:
         if le is not None:
             return sw.WRONG_LENGTH
         name = ef.key
+        keyring = self.keyring
         if not data:  # the retry query: spends nothing, answers 63Cx even when verified (Part A.4)
-            return TRIES_LEFT[self.keyring[name].tries_left]
-        outcome = self.keyring.verify(name, data)
-        if outcome is Outcome.MATCH:
+            return TRIES_LEFT[keyring.keys[name].tries_left]
+        outcome = keyring.verify(name, data)
+        if outcome is MATCH:
             session.verified.add(name)
             return OK
-        if outcome is Outcome.BLOCKED:
+        if outcome is BLOCKED:
             return sw.KEY_BLOCKED
         session.verified.discard(name)
-        return TRIES_LEFT[self.keyring[name].tries_left]
+        return TRIES_LEFT[keyring.keys[name].tries_left]
 
     # -- CHANGE REFERENCE DATA (00 24 01 80) and JICSAP CHANGE KEY (80 32 00 80) ---------------
     def _change(self, session: Session, p2: int, data: bytes, le: int | None, mode: str) -> bytes:
