@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TypeVar
 
 from .. import signing, sw
 from ..files import BinaryEf, Ef, OpaqueEf, PinEf, PrivateKeyEf, RecordEf
 from ..keys import KeyRing, Outcome, format_ok
 from ..profile import ApSpec
 
+_E = TypeVar("_E", bound=Ef)
 Handler = Callable[["Session", int, int, bytes, "int | None", bool], bytes]
 
 OK = sw.OK
@@ -69,13 +71,16 @@ class Application:
         }
 
     # -- helpers -------------------------------------------------------------------------------
-    def _key_ef(self, session: Session, p2: int) -> Ef | bytes:
-        """The EF a P2 of 80 (current EF) or 80|SFI names, or the status word to answer."""
+    def _key_ef(self, session: Session, p2: int, kind: type[_E]) -> _E | bytes:
+        """The key EF of class ``kind`` a P2 of 80 (current EF) or 80|SFI names, or the SW to answer."""
         if p2 == 0x80:
-            return session.ef if session.ef is not None else sw.NO_CURRENT_EF
+            ef = session.ef
+            if ef is None or not isinstance(ef, kind):
+                return sw.NO_CURRENT_EF
+            return ef
         if 0x81 <= p2 <= 0x9E:
             ef = self.efs.get(p2 & 0x1F)
-            return ef if ef is not None else sw.DATA_NOT_FOUND
+            return ef if isinstance(ef, kind) else sw.DATA_NOT_FOUND
         return sw.WRONG_P1P2
 
     def _denied(self, ef: Ef) -> bytes:
@@ -172,11 +177,9 @@ class Application:
     def verify(self, session: Session, p1: int, p2: int, data: bytes, le: int | None, ext: bool) -> bytes:
         if p1 != 0x00:
             return sw.WRONG_P1P2
-        ef = self._key_ef(session, p2)
+        ef = self._key_ef(session, p2, PinEf)
         if isinstance(ef, bytes):
             return ef
-        if not isinstance(ef, PinEf):
-            return sw.NO_CURRENT_EF if p2 == 0x80 else sw.DATA_NOT_FOUND
         if le is not None:
             return sw.WRONG_LENGTH
         name = ef.key
@@ -194,11 +197,9 @@ class Application:
 
     # -- CHANGE REFERENCE DATA (00 24 01 80) and JICSAP CHANGE KEY (80 32 00 80) ---------------
     def _change(self, session: Session, p2: int, data: bytes, le: int | None, mode: str) -> bytes:
-        ef = self._key_ef(session, p2)
+        ef = self._key_ef(session, p2, PinEf)
         if isinstance(ef, bytes):
             return ef
-        if not isinstance(ef, PinEf):
-            return sw.NO_CURRENT_EF if p2 == 0x80 else sw.DATA_NOT_FOUND
         if le is not None or not data:
             return sw.WRONG_LENGTH
         key = self.keyring[ef.key]
@@ -235,11 +236,9 @@ class Application:
                 return sw.DATA_NOT_FOUND
             ef: Ef | bytes | None = self.efs.get(self.spec.default_key)
         else:
-            ef = self._key_ef(session, p2)
+            ef = self._key_ef(session, p2, PrivateKeyEf)
         if isinstance(ef, bytes):
             return ef
-        if not isinstance(ef, PrivateKeyEf):
-            return sw.NO_CURRENT_EF if p2 == 0x80 else sw.DATA_NOT_FOUND
         if "sign" not in ef.ops:
             return sw.CONDITIONS_NOT_SATISFIED
         if not ef.allows(session.verified):
@@ -254,11 +253,9 @@ class Application:
     ) -> bytes:
         if p1 != 0x00:
             return sw.WRONG_P1P2
-        ef = self._key_ef(session, p2)
+        ef = self._key_ef(session, p2, PrivateKeyEf)
         if isinstance(ef, bytes):
             return ef
-        if not isinstance(ef, PrivateKeyEf):
-            return sw.NO_CURRENT_EF if p2 == 0x80 else sw.DATA_NOT_FOUND
         if "internal_auth" not in ef.ops:
             # PIN-protected keys answer as locked doors; the 券面 APs' keys only sign (MCARD).
             return self._denied(ef) if ef.rule else sw.CONDITIONS_NOT_SATISFIED
