@@ -212,6 +212,13 @@ class VpcdLink:
             self._sock = None
             self.connected.clear()
         sock.close()
+        # A card whose link ends has left the reader: it loses power, and with it the security
+        # status (spec Part A.6). Otherwise a client that reconnects quickly, before pcscd sees
+        # the removal, would find PINs still verified. Durable state is untouched.
+        try:
+            self.card.power_off()
+        except Exception:
+            log.exception("slot %d: card raised on power_off", self.slot)
         if self.trace is not None:
             self.trace.event(self.slot, "disconnect")
 

@@ -57,7 +57,8 @@ def test_frames_split_or_coalesced(fake_vpcd, link_to, canned_card):
     assert [fake_vpcd.recv() for _ in range(3)] == [ATR, bytes.fromhex("A1B29000"), ATR]
 
 
-def test_zero_length_frame_drops_link_and_keeps_card_state(fake_vpcd, link_to, canned_card):
+def test_zero_length_frame_drops_link_and_powers_the_card_off(fake_vpcd, link_to, canned_card):
+    """The link ends, so the card leaves the reader (power off); the same card comes back."""
     card = canned_card({SELECT_JPKI: b"\x90\x00", READ: b"\x12\x34\x90\x00"}, selects={SELECT_JPKI: "jpki"})
     link = link_to(card)
     first = fake_vpcd.accept()
@@ -67,9 +68,9 @@ def test_zero_length_frame_drops_link_and_keeps_card_state(fake_vpcd, link_to, c
     fake_vpcd.accept()  # ...and came back
     assert fake_vpcd.exchange(READ) == b"\x12\x34\x90\x00"
     assert link.connections == 2
-    assert card.current_ap == "jpki"
     assert card.apdus == [SELECT_JPKI, READ]
-    assert card.calls["reset"] == card.calls["power_off"] == 0
+    assert card.calls["power_off"] == 1
+    assert card.calls["reset"] == 0
 
 
 def test_unknown_control_code_is_ignored(fake_vpcd, link_to, canned_card):
