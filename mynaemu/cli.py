@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import random
 import sys
@@ -19,6 +20,7 @@ from .redact import mask_command
 from .state import StateError
 
 KEY_NAMES = ("auth", "sign", "text", "juki", "common", "text-a", "text-b", "visual-a", "visual-b", "visual-birth")
+MEIJI_START = date(1868, 1, 25)
 SEXES = {"male": "1", "m": "1", "1": "1", "female": "2", "f": "2", "2": "2", "n/a": "9", "9": "9"}
 
 
@@ -34,6 +36,13 @@ def data_dir() -> Path:
     return Path(base) / "mynaemu"
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) as 0700: it holds keys and cards other users must not swap."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 # -- issue ---------------------------------------------------------------------------------------
 def _persona(args: argparse.Namespace):
     from .persona import Persona
@@ -44,6 +53,9 @@ def _persona(args: argparse.Namespace):
             birth = date.fromisoformat(args.birth)
         except ValueError:
             raise UsageError(f"--birth {args.birth!r}: give the birth date as YYYY-MM-DD") from None
+        # 照合番号B writes the birth date in the Japanese era, which starts with Meiji.
+        if not MEIJI_START <= birth <= date.today():
+            raise UsageError(f"--birth {args.birth}: the birth date must be from {MEIJI_START} (the Meiji era) to today")
     sex = None
     if args.sex:
         sex = SEXES.get(args.sex.lower())
@@ -65,6 +77,7 @@ def _persona(args: argparse.Namespace):
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    private_dir(data_dir())
     secrets = {"auth": args.auth_pin, "sign": args.sign_pin, "text": args.text_pin, "juki": args.juki_pin}
     issued = issue_card(args.card_dir, persona=_persona(args), secrets=secrets, profile=args.profile)
     p = issued.persona
@@ -84,7 +97,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
     card = Card.load(args.card_dir)
-    persona = card.dir.meta.get("persona", {})
+    # The security code is the secret part of 照合番号B: shown once at issuance, never again.
+    persona = {k: ("****" if k == "security_code" else v) for k, v in card.dir.meta.get("persona", {}).items()}
     apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}
     keys = card.key_status()
     if args.json:
@@ -93,7 +107,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"Card {card.dir.card_id} in {card.dir.path}")
-    p = persona_from_json(persona)
+    p = persona_from_json(card.dir.meta["persona"])
     print(f"  {p.name} ({p.name_kana}), born {p.birth.isoformat()}, sex {p.sex}")
     print(f"  {p.address}")
     print(f"  card expiry {p.card_expiry.isoformat()}, certificates {p.cert_expiry.isoformat()}")
@@ -217,6 +231,9 @@ def demo_card_dir() -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     from reader_bridge.serve import reader_name, serve
 
+    if args.slot < 0:
+        raise UsageError(f"--slot {args.slot}: a vpcd slot is 0 or more (Debian's vpcd has slots 0 and 1)")
+    private_dir(data_dir())
     card_dir = Path(args.card_dir) if args.card_dir else demo_card_dir()
     if not args.card_dir and not (card_dir / "card.json").exists():
         issued = issue_card(card_dir)
@@ -235,7 +252,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"c.connect(); print(c.transmit({select_jpki}))\"")
         sys.stdout.flush()
 
-    serve({args.slot: card}, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready)
+    try:
+        serve({args.slot: card}, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready)
+    except ValueError as exc:  # e.g. a slot this vpcd does not have
+        raise UsageError(str(exc)) from None
     print("Stopped; the card's state is saved.")
     return 0
 
@@ -245,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mynaemu",
         description="Emulate the IC chip of Japan's My Number card, in-process or in a PC/SC reader.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level to stderr (PINs stay masked)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("issue", help="issue a new emulated card into CARD_DIR")
@@ -311,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.func(args)
     except (UsageError, IssuanceError, admin.AdminError, StateError, ProfileError) as exc:

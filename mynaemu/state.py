@@ -9,13 +9,22 @@ never re-created, since that would reset retry counters.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+log = logging.getLogger("mynaemu.state")
+
 STATE_FORMAT = "mynaemu-state"
 STATE_VERSION = 1
+
+# Files that hold secrets (PIN values, private keys): warned about when others can read them.
+PRIVATE_FILES = frozenset({"state.json", "keys.json"})
 
 # Names of the instants a write passes through; tests make a crash happen at each one.
 CRASH_POINTS = ("open", "written", "synced", "renamed", "dir_synced")
@@ -25,12 +34,19 @@ class StateError(Exception):
     """A state file that cannot be trusted; the message names the file and what is wrong."""
 
 
+def temp_files(path: Path) -> list[Path]:
+    """Temporary files an interrupted ``atomic_write`` of ``path`` may have left behind."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, fault: Callable[[str], None] | None = None) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one, whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
     if fault:
         fault("open")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A fresh random name, created exclusively: a file or link planted in the directory is never
+    # written through.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
         os.fchmod(fd, mode)  # O_CREAT's mode is masked by umask; a key file must end up 0600
         view = memoryview(data)
@@ -39,8 +55,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, fault: Callable[
         if fault:
             fault("written")
         os.fsync(fd)
-    finally:
+    except Exception:  # e.g. disk full: free the space now (a crash's leftover goes at next load)
         os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
     if fault:
         fault("synced")
     os.replace(tmp, path)
@@ -58,11 +78,19 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, fault: Callable[
 def read_json(path: Path, expected_format: str, expected_version: int) -> dict:
     """Load one of the card's JSON files, refusing anything malformed with a clear message."""
     try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO or device would block or never end; a directory cannot be state.
+            raise StateError(f"{path}: not a regular file; refusing to read it")
+        if st.st_mode & 0o077 and path.name in PRIVATE_FILES:
+            log.warning("%s: readable by other users (mode %o); it holds secrets, chmod 600 it", path, st.st_mode & 0o777)
         raw = path.read_bytes()
     except FileNotFoundError:
         raise StateError(f"{path}: missing; the card directory is incomplete (re-issue the card)") from None
     except PermissionError:
         raise StateError(f"{path}: cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise StateError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -92,6 +120,11 @@ class StateStore:
     def load(self) -> dict[str, dict]:
         """Read and check the state; returns {key name: {"limit", "tries_left", "value"}}."""
         doc = read_json(self.path, STATE_FORMAT, STATE_VERSION)
+        # A write cut short leaves its temporary file (partial state, PIN values included): the
+        # rename never happened, so it is not the state; remove it.
+        for leftover in temp_files(self.path):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         if doc.get("card_id") != self.card_id:
             raise StateError(
                 f"{self.path}: belongs to card {doc.get('card_id')!r}, not to this card {self.card_id!r}"

@@ -21,47 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from mynaemu.redact import carries_secret, mask_command
+
 log = logging.getLogger(__name__)
 
-MASK = "**"
-_SECRET_INS_ANY_CLASS = frozenset({0x20, 0x24, 0x2C})
-_SECRET_INS_PROPRIETARY = frozenset({0x32})
-
-
-def is_secret_command(apdu: bytes) -> bool:
-    """True when the command data may carry a PIN or key."""
-    if len(apdu) < 4:
-        return False
-    cla, ins = apdu[0], apdu[1]
-    if ins in _SECRET_INS_ANY_CLASS:
-        return True
-    return ins in _SECRET_INS_PROPRIETARY and bool(cla & 0x80) and cla != 0xFF
-
-
-def _data_span(apdu: bytes) -> tuple[int, int]:
-    """Return (start, end) of the command data; the whole tail when it does not parse."""
-    n = len(apdu)
-    if n <= 5:
-        return n, n  # case 1 or case 2 short: no data
-    if apdu[4] != 0:
-        start, lc = 5, apdu[4]
-        trailer = (0, 1)  # no Le, short Le
-    elif n == 7:
-        return n, n  # case 2 extended: no data
-    else:
-        start, lc = 7, int.from_bytes(apdu[5:7], "big")
-        trailer = (0, 2)  # no Le, extended Le
-    if n - start - lc in trailer:
-        return start, start + lc
-    return start, n
-
-
-def mask_apdu(apdu: bytes) -> str:
-    """Hex of a command APDU, its data masked when it is a secret-bearing command."""
-    if not is_secret_command(apdu):
-        return apdu.hex().upper()
-    start, end = _data_span(apdu)
-    return apdu[:start].hex().upper() + MASK * (end - start) + apdu[end:].hex().upper()
+# One masking rule for the whole project: the card's (mynaemu.redact).
+is_secret_command = carries_secret
+mask_apdu = mask_command
 
 
 class ApduTrace:
