@@ -118,7 +118,7 @@ class Card:
         """Answer one command APDU with its response (data + SW). Never raises for bad input.
 
         A card that is not powered is powered on first (cold start), so a freshly loaded card
-        can be used at once.
+        can be used at once. Any bytes-like object is accepted; anything else is a TypeError.
         """
         if not self._powered:
             self.power_on()
@@ -131,7 +131,7 @@ class Card:
                 if handler is None:
                     return sw.INS_NOT_SUPPORTED
                 return handler(self.session, p1, p2, data, le, ext)
-            return _class_error(cla)
+            return _class_error(cla, ins)
         except ApduError as exc:
             return exc.sw
         except StorageFailure as exc:
@@ -162,8 +162,11 @@ class Card:
         self._table = self._tables[ap.name]
         if p2 == 0x0C:
             return sw.OK
-        fci = b"\x84" + bytes((len(ap.aid),)) + ap.aid
-        return b"\x6f" + bytes((len(fci),)) + fci + sw.OK
+        name = b"\x84" + bytes((len(ap.aid),)) + ap.aid
+        if p2 == 0x04:  # FCP: a DF (descriptor 38) and its name
+            body = b"\x82\x01\x38" + name
+            return b"\x62" + bytes((len(body),)) + body + sw.OK
+        return b"\x6f" + bytes((len(name),)) + name + sw.OK
 
     # -- operator view -------------------------------------------------------------------------
     def key_status(self) -> dict[str, dict]:
@@ -175,8 +178,13 @@ class Card:
         return self.keyring[key].tries_left
 
 
-def _class_error(cla: int) -> bytes:
-    """The status word for a class byte other than 00/80."""
+def _class_error(cla: int, ins: int) -> bytes:
+    """The status word for a class byte other than 00/80.
+
+    Secure messaging exists on the real card only in the text AP after SET SESSION KEY, which the
+    emulator does not offer; so SM commands answer as the real card does with no session
+    (spec Part B §7): CLA 0C 6987; CLA 08 SELECT 6882, anything else 69FC.
+    """
     if cla == 0xFF:
         return sw.CLA_NOT_SUPPORTED
     if cla & 0x80 == 0:  # interindustry class
@@ -184,8 +192,10 @@ def _class_error(cla: int) -> bytes:
             return sw.LOGICAL_CHANNEL_NOT_SUPPORTED
         if cla & 0x10:
             return sw.CHAINING_NOT_SUPPORTED
+        if cla & 0x0C == 0x0C:
+            return sw.SM_DATA_OBJECTS_MISSING
         if cla & 0x0C:
-            return sw.SECURE_MESSAGING_NOT_SUPPORTED
+            return sw.SECURE_MESSAGING_NOT_SUPPORTED if ins == 0xA4 else sw.NO_SM_SESSION
         return sw.CLA_NOT_SUPPORTED
     if cla & 0xFC == 0x80 and cla & 0x03:
         return sw.LOGICAL_CHANNEL_NOT_SUPPORTED

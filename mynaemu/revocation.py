@@ -60,7 +60,7 @@ def write_crls(authority: Authority, revoked: dict) -> dict[str, Path]:
             )
         crl = builder.sign(key, hashes.SHA256())
         path = Path(authority.directory) / CRL_FILES[which]
-        atomic_write(path, crl.public_bytes(serialization.Encoding.DER), mode=0o644)
+        atomic_write(path, crl.public_bytes(serialization.Encoding.DER))  # public data, but the directory is private
         paths[which] = path
     return paths
 

@@ -13,6 +13,8 @@ LOGICAL_CHANNEL_NOT_SUPPORTED = b"\x68\x81"
 SECURE_MESSAGING_NOT_SUPPORTED = b"\x68\x82"
 CHAINING_NOT_SUPPORTED = b"\x68\x84"
 COMMAND_INCOMPATIBLE = b"\x69\x81"
+SM_DATA_OBJECTS_MISSING = b"\x69\x87"
+NO_SM_SESSION = b"\x69\xfc"
 SECURITY_STATUS_NOT_SATISFIED = b"\x69\x82"
 KEY_BLOCKED = b"\x69\x84"
 CONDITIONS_NOT_SATISFIED = b"\x69\x85"
@@ -38,6 +40,8 @@ MEANINGS: dict[bytes, str] = {
     SECURE_MESSAGING_NOT_SUPPORTED: "secure messaging not supported",
     CHAINING_NOT_SUPPORTED: "command chaining not supported",
     COMMAND_INCOMPATIBLE: "command incompatible with file structure",
+    SM_DATA_OBJECTS_MISSING: "secure messaging data objects missing",
+    NO_SM_SESSION: "no secure messaging session",
     SECURITY_STATUS_NOT_SATISFIED: "security status not satisfied",
     KEY_BLOCKED: "referenced key blocked",
     CONDITIONS_NOT_SATISFIED: "conditions of use not satisfied",

@@ -27,9 +27,13 @@ def test_select_every_application(card: Card, name: str) -> None:
     assert card.current_ap == (None if name == "mf" else name)
 
 
-def test_select_with_fci(card: Card) -> None:
+def test_select_with_fci_and_fcp(card: Card) -> None:
     resp = tx(card, "00A404000AD392F00026010000000100")
     assert resp == bytes.fromhex("6F0C840AD392F000260100000001") + b"\x90\x00"
+    resp = tx(card, "00A404040AD392F00026010000000100")
+    assert resp == bytes.fromhex("620F820138840AD392F000260100000001") + b"\x90\x00"
+    assert tx(card, "00A4020402000A00") == bytes.fromhex("620B80020800820101830200 0A".replace(" ", "")) + b"\x90\x00"
+    assert tx(card, "00A4020002000A00") == bytes.fromhex("6F0B800208008201018302000A") + b"\x90\x00"
 
 
 def test_unknown_aid_is_6a82_and_keeps_current_ap(card: Card) -> None:
@@ -75,7 +79,9 @@ def test_mf_level_files(card: Card) -> None:
         ("FFA4040C0AD392F000260100000001", "6E00"),
         ("C0A40000", "6E00"),
         ("10A4040C0AD392F000260100000001", "6884"),
-        ("0CA4040C0AD392F000260100000001", "6882"),
+        ("0CA4040C0AD392F000260100000001", "6987"),
+        ("08A4040C0AD392F000260100000001", "6882"),
+        ("08B0000004", "69FC"),
         ("00FF0000", "6D00"),
         ("00C00000", "6D00"),
         ("80A40000", "6D00"),

@@ -107,11 +107,13 @@ class Application:
         session.ef = ef
         if p2 == 0x0C:
             return OK
-        return self._fcp(ef) + OK
+        fcp = self._fcp(ef)
+        # P2=04 asks for the FCP template (62), P2=00 for the FCI (6F), which here wraps the same items.
+        return (fcp if p2 == 0x04 else b"\x6f" + fcp[1:]) + OK
 
     @staticmethod
     def _fcp(ef: Ef) -> bytes:
-        """A minimal FCP template (62): size, structure and file id; asked for with P2=00/04."""
+        """A minimal FCP template (62): size, structure and file id."""
         if isinstance(ef, BinaryEf):
             body = b"\x80\x02" + len(ef.body).to_bytes(2, "big") + b"\x82\x01\x01"
         elif isinstance(ef, RecordEf):
