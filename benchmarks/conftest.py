@@ -7,15 +7,15 @@ pyproject's ``--benchmark-disable`` runs each one once: the quick mode of the no
 from __future__ import annotations
 
 import os
-import random
 import shutil
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
 
 import pytest
 
-BENCH_SECRETS = {"auth": "1234", "sign": "ABC123", "text": "5678", "juki": "2468"}
+from mynaemu.testing import TEST_SECRETS as BENCH_SECRETS
+
+__all__ = ["BENCH_SECRETS"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,13 +34,9 @@ def _bench_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def bench_issued(tmp_path_factory: pytest.TempPathFactory, _bench_data_dir: Path):
     """One card issued for the session (key generation is the slow part); an ``IssuedCard``."""
-    from mynaemu.issuance import issue_card
-    from mynaemu.persona import Persona
+    from mynaemu.testing import issue_test_card
 
-    persona = Persona.generate(
-        random.Random(7), name="山田\u3000太郎", birth=date(1980, 2, 17), sex="1", my_number="123456789018"
-    )
-    return issue_card(tmp_path_factory.mktemp("bench-template") / "card", persona=persona, secrets=dict(BENCH_SECRETS))
+    return issue_test_card(tmp_path_factory.mktemp("bench-template") / "card")
 
 
 @pytest.fixture

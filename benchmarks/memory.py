@@ -24,17 +24,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECRETS = {"auth": "1234", "sign": "ABC123", "text": "5678", "juki": "2468"}
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from mynaemu.testing import AIDS as AID  # noqa: E402
+from mynaemu.testing import TEST_SECRETS as SECRETS  # noqa: E402
+
 TARGET_MB = 200
 OK = b"\x90\x00"
 DIGEST_INFO = bytes.fromhex("3031300D060960864801650304020105000420") + bytes(range(32))
-AID = {
-    "jpki": "D392F000260100000001",
-    "text": "D3921000310001010408",
-    "visual": "D3921000310001010402",
-    "juki": "D3921000310001010401",
-    "common": "D3921000310001010100",
-}
 
 
 def rss_mb() -> float:
@@ -120,7 +117,6 @@ def _child(dirs: list[Path], flow: str) -> dict:
 
 
 def _issue(dest: Path) -> Path:
-    sys.path.insert(0, str(ROOT))
     os.environ["MYNAEMU_DATA_DIR"] = str(dest.parent / "data")
     from mynaemu.issuance import issue_card
 

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
 
 import pytest
 
-SECRETS = {"auth": "1234", "sign": "ABC123", "text": "5678", "juki": "2468"}
-MY_NUMBER = "123456789018"  # check digit 8 (Part A.8)
+from mynaemu.testing import AIDS as AID
+from mynaemu.testing import TEST_MY_NUMBER as MY_NUMBER
+from mynaemu.testing import TEST_SECRETS as SECRETS
 
-AID = {
-    "jpki": "D392F000260100000001",
-    "text": "D3921000310001010408",
-    "visual": "D3921000310001010402",
-    "juki": "D3921000310001010401",
-    "common": "D3921000310001010100",
-    "mf": "A0000001510000",
-}
+__all__ = ["AID", "MY_NUMBER", "SECRETS"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,13 +32,9 @@ def _data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def issued_template(tmp_path_factory: pytest.TempPathFactory, _data_dir: Path):
     """One card issued for the whole session (RSA key generation is the slow part)."""
-    from mynaemu.issuance import issue_card
-    from mynaemu.persona import Persona
+    from mynaemu.testing import issue_test_card
 
-    persona = Persona.generate(
-        random.Random(7), name="山田\u3000太郎", birth=date(1980, 2, 17), sex="1", my_number=MY_NUMBER
-    )
-    return issue_card(tmp_path_factory.mktemp("template") / "card", persona=persona, secrets=dict(SECRETS))
+    return issue_test_card(tmp_path_factory.mktemp("template") / "card")
 
 
 @pytest.fixture
