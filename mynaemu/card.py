@@ -13,6 +13,7 @@ answers 6F00 and the card goes on answering.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .apdu import ApduError, parse_fields
 from .aps import APPLICATION_CLASSES, Application, Session
 from .aps.base import Handler, build_efs
 from .keys import KeyRing, StorageFailure
-from .state import StateStore
+from .state import StateStore, acquire_card_lock
 
 log = logging.getLogger("mynaemu.card")
 
@@ -34,14 +35,23 @@ _SELECT = 0xA4
 class Card:
     """An emulated My Number card."""
 
-    def __init__(self, card_dir: carddir.CardDir, *, interface: str = "contact") -> None:
+    def __init__(self, card_dir: carddir.CardDir, *, interface: str = "contact", read_only: bool = False) -> None:
         if interface not in ("contact", "contactless"):
             raise ValueError("interface must be 'contact' or 'contactless'")
         self.dir = card_dir
         self.profile = card_dir.profile
         self.interface = interface
-        self.store = StateStore(card_dir.state_path, card_dir.card_id)
-        self.keyring = KeyRing(self.profile.keys, self.store)
+        self.read_only = read_only
+        # One writing process per card (see state.acquire_card_lock); a read-only card (for
+        # `mynaemu info` beside a served card) refuses every state change with 6581 instead.
+        self._release = (lambda: None) if read_only else acquire_card_lock(card_dir.path)
+        weakref.finalize(self, self._release)
+        self.store = StateStore(card_dir.state_path, card_dir.card_id, read_only=read_only)
+        try:
+            self.keyring = KeyRing(self.profile.keys, self.store)
+        except BaseException:
+            self._release()
+            raise
         self.applications: dict[str, Application] = {}
         for name, spec in self.profile.aps.items():
             cls = APPLICATION_CLASSES.get(name, Application)
@@ -61,9 +71,17 @@ class Card:
         self._powered = False
 
     @classmethod
-    def load(cls, path: Path | str, *, interface: str = "contact") -> Card:
-        """Load a card issued earlier into ``path``; raise StateError if any file is broken."""
-        return cls(carddir.load(path), interface=interface)
+    def load(cls, path: Path | str, *, interface: str = "contact", read_only: bool = False) -> Card:
+        """Load a card issued earlier into ``path``; raise StateError if any file is broken.
+
+        The process then holds the card's writer lock until ``close()`` (or until the card is
+        garbage-collected): another process loading it for writing gets a StateError.
+        """
+        return cls(carddir.load(path), interface=interface, read_only=read_only)
+
+    def close(self) -> None:
+        """Let other processes load this card (releases the writer lock). Idempotent."""
+        self._release()
 
     def _key_loader(self, key_id: str) -> Callable[[], rsa.RSAPrivateKey]:
         pem = self.dir.key_pems.get(key_id)

@@ -96,7 +96,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
-    card = Card.load(args.card_dir)
+    card = Card.load(args.card_dir, read_only=True)  # works beside a served card
     # The security code is the secret part of 照合番号B: shown once at issuance, never again.
     persona = {k: ("****" if k == "security_code" else v) for k, v in card.dir.meta.get("persona", {}).items()}
     apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}

@@ -10,11 +10,13 @@ never re-created, since that would reset retry counters.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,20 +113,26 @@ def read_json(path: Path, expected_format: str, expected_version: int) -> dict:
 class StateStore:
     """The file ``state.json`` of one card: counters and reference values per key name."""
 
-    def __init__(self, path: Path, card_id: str) -> None:
+    def __init__(self, path: Path, card_id: str, *, read_only: bool = False) -> None:
         self.path = path
         self.card_id = card_id
+        self.read_only = read_only
         # Set by tests to simulate a crash at one of CRASH_POINTS.
         self.fault: Callable[[str], None] | None = None
 
     def load(self) -> dict[str, dict]:
         """Read and check the state; returns {key name: {"limit", "tries_left", "value"}}."""
         doc = read_json(self.path, STATE_FORMAT, STATE_VERSION)
+        if self.read_only:
+            return self._keys(doc)
         # A write cut short leaves its temporary file (partial state, PIN values included): the
         # rename never happened, so it is not the state; remove it.
         for leftover in temp_files(self.path):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+        return self._keys(doc)
+
+    def _keys(self, doc: dict) -> dict[str, dict]:
         if doc.get("card_id") != self.card_id:
             raise StateError(
                 f"{self.path}: belongs to card {doc.get('card_id')!r}, not to this card {self.card_id!r}"
@@ -145,6 +153,8 @@ class StateStore:
 
     def save(self, keys: dict[str, dict]) -> None:
         """Write the whole state durably (see module doc)."""
+        if self.read_only:
+            raise PermissionError(13, "card loaded read-only")
         doc = {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
@@ -157,3 +167,65 @@ class StateStore:
         # Compact separators keep json on its C encoder (indent= forces the pure-Python one, ~4x
         # slower): this write is on the wrong-VERIFY path.
         atomic_write(self.path, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode(), fault=self.fault)
+
+
+# -- one writer per card -------------------------------------------------------------------------
+# Two processes that both held a card's counters in memory could each write their own view, and
+# the later write would undo the other's decrement: an extra PIN try. So a process that may write
+# a card's state holds an exclusive flock on the card directory. Within one process the lock is shared
+# (reference-counted), so several Card objects of one directory can coexist, e.g. in tests.
+_held: dict[str, list[int]] = {}  # real path -> [fd, users]
+_held_guard = threading.Lock()
+
+
+def acquire_card_lock(directory: Path) -> Callable[[], None]:
+    """Take the card's writer lock for this process; returns the function that releases it.
+
+    The lock is a flock on the card directory itself, so taking it changes no file.
+    """
+    key = os.path.realpath(directory)
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is None:
+            try:
+                fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise StateError(f"{directory}: cannot open the card directory ({exc.strerror or exc})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StateError(
+                    f"{directory}: the card is in use by another process (e.g. `mynaemu serve`); stop that "
+                    "first. `mynaemu info` works meanwhile."
+                ) from None
+            entry = _held[key] = [fd, 0]
+        entry[1] += 1
+
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        with _held_guard:
+            if released:
+                return
+            released = True
+            entry[1] -= 1
+            if entry[1] == 0 and _held.get(key) is entry:
+                del _held[key]
+                os.close(entry[0])  # closing the descriptor drops the flock
+
+    return release
+
+
+def _forget_locks_after_fork() -> None:
+    # A forked child must not hold its parent's cards: close its copies of the lock descriptors
+    # (the parent's own descriptors keep the locks), so the child can neither write them nor keep
+    # them locked after the parent lets go.
+    for fd, _users in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_after_fork)

@@ -299,6 +299,7 @@ def run_verify_kills(zygote: Zygote, card_dir: Path, kills: int, rng: random.Ran
         if len(fig.violations) > 20:
             break
         _drop_tmp(card_dir)
+        card.close()  # the child is the card's one writer now (a second process would be refused)
         child = Child(zygote, card_dir, mutation)
         in_flight: tuple[str, str] | None = None  # (kind, key) of the request still without an answer
         try:
@@ -414,6 +415,7 @@ def run_change_kills(zygote: Zygote, card_dir: Path, kills: int, rng: random.Ran
         ap, fid = where[key]
         change = "00240180" if card.keyring[key].spec.change == "iso" else "80320080"
         _drop_tmp(card_dir)
+        card.close()  # the child is the card's one writer now (a second process would be refused)
         child = Child(zygote, card_dir, mutation)
         try:
             if not child.ready():

@@ -384,7 +384,7 @@ def test_served_session_listens_nowhere_and_leaks_nothing(card_dir: Path, tmp_pa
         sockets = _tcp_sockets(proc.pid)
         assert [s for s in sockets if s[4] == "LISTEN"] == [], sockets
         assert sockets and all(s[0] == "127.0.0.1" == s[2] for s in sockets), sockets
-        card = Card.load(card_dir)
+        card = Card.load(card_dir, read_only=True)  # the served process is its writer
         apdus, used = _session(card)
         (reader,) = [r for r in readers() if str(r) == name]
         conn = reader.createConnection()

@@ -662,7 +662,7 @@ def test_mynaemu_serve_end_to_end(pcscd, card_dir: Path, tmp_path: Path, _data_d
     args = serve_args(str(card_dir), "--slot", str(SLOT), "--trace", str(trace), "--no-start-pcscd")
     with running(args, env=serve_env(_data_dir), cwd=tmp_path) as (proc, lines):
         m = lines.expect(r"^Serving card (\d+) in reader '(.+)'\.")
-        assert m.group(1) == Card.load(card_dir).dir.card_id
+        assert m.group(1) == Card.load(card_dir, read_only=True).dir.card_id
         assert m.group(2) == name
         assert wait_for_card(name, present=True, timeout=10) == ATR
 
