@@ -228,23 +228,72 @@ def demo_card_dir() -> Path:
     return data_dir() / "demo-card"
 
 
+CONTROL_HELP = "commands: remove [SLOT] | insert [SLOT] | status | quit   (SLOT defaults to the first)"
+
+
+def control_from_stdin(cards: dict[int, Card], out=None):
+    """A ``serve`` control loop: insert and remove cards on demand from lines on stdin."""
+    out = out or sys.stdout
+    first = min(cards)
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    def control(readers, stop) -> None:
+        say(CONTROL_HELP)
+        for line in sys.stdin:
+            words = line.split()
+            if not words:
+                continue
+            command, arg = words[0].lower(), words[1] if len(words) > 1 else str(first)
+            try:
+                slot = int(arg)
+            except ValueError:
+                say(f"not a slot: {arg!r}")
+                continue
+            if command in ("q", "quit", "exit"):
+                stop.set()
+                return
+            if command in ("s", "status"):
+                for n, card in sorted(cards.items()):
+                    where = "inserted" if n in readers else "removed"
+                    left = ", ".join(f"{k} {v['tries_left']}/{v['limit']}" for k, v in card.key_status().items())
+                    say(f"slot {n}: {where}; {left}")
+            elif slot not in cards:
+                say(f"no card for slot {slot} (slots: {sorted(cards)})")
+            elif command in ("r", "remove"):
+                if slot in readers:
+                    readers.remove(slot)  # the card leaves the reader: power and security status go
+                say(f"slot {slot}: removed")
+            elif command in ("i", "insert"):
+                if slot not in readers:
+                    readers.insert(slot, cards[slot])
+                say(f"slot {slot}: inserted")
+            else:
+                say(CONTROL_HELP)
+
+    return control
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from reader_bridge.serve import reader_name, serve
 
     if args.slot < 0:
         raise UsageError(f"--slot {args.slot}: a vpcd slot is 0 or more (Debian's vpcd has slots 0 and 1)")
     private_dir(data_dir())
-    card_dir = Path(args.card_dir) if args.card_dir else demo_card_dir()
-    if not args.card_dir and not (card_dir / "card.json").exists():
-        issued = issue_card(card_dir)
-        print(f"Issued the demo card in {card_dir}; its secrets (shown this once):")
+    dirs = [Path(d) for d in args.card_dir] or [demo_card_dir()]
+    if not args.card_dir and not (dirs[0] / "card.json").exists():
+        issued = issue_card(dirs[0])
+        print(f"Issued the demo card in {dirs[0]}; its secrets (shown this once):")
         for name, value in issued.secrets.items():
             print(f"  {name:<5} {value}")
-    card = Card.load(card_dir, interface="contactless" if args.contactless else "contact")
+    interface = "contactless" if args.contactless else "contact"
+    cards = {args.slot + i: Card.load(d, interface=interface) for i, d in enumerate(dirs)}
 
     def ready(readers: list[str]) -> None:
+        for card, name in zip([cards[slot] for slot in sorted(cards)], readers, strict=False):
+            print(f"Serving card {card.dir.card_id} in reader {name!r}. Ctrl-C stops.")
         name = readers[0] if readers else reader_name(args.slot)
-        print(f"Serving card {card.dir.card_id} in reader {name!r}. Ctrl-C stops.")
         print("  opensc-tool -n                       # names the card (JPKI)")
         select_jpki = "[0x00,0xA4,0x04,0x0C,0x0A,0xD3,0x92,0xF0,0x00,0x26,0x01,0x00,0x00,0x00,0x01]"
         print("  python3 -c \"from smartcard.System import readers; "
@@ -252,10 +301,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"c.connect(); print(c.transmit({select_jpki}))\"")
         sys.stdout.flush()
 
+    control = control_from_stdin(cards) if args.interactive else None
     try:
-        serve({args.slot: card}, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready)
+        serve(cards, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready, control=control)
     except ValueError as exc:  # e.g. a slot this vpcd does not have
         raise UsageError(str(exc)) from None
+    finally:
+        for card in cards.values():
+            card.close()
     print("Stopped; the card's state is saved.")
     return 0
 
@@ -319,9 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("serve", help="put a card into a PC/SC virtual reader (pcscd + vpcd)")
-    p.add_argument("card_dir", metavar="CARD_DIR", type=Path, nargs="?",
-                   help="card to serve (default: a demo card issued once into the data directory)")
-    p.add_argument("--slot", type=int, default=0, help="vpcd slot: 0 = 'Virtual PCD 00 00', 1 = '... 00 01'")
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path, nargs="*",
+                   help="card(s) to serve, one per slot from --slot on (default: a demo card issued once "
+                        "into the data directory)")
+    p.add_argument("--slot", type=int, default=0, help="first vpcd slot: 0 = 'Virtual PCD 00 00', 1 = '... 00 01'")
+    p.add_argument("--interactive", action="store_true",
+                   help="read commands from stdin: remove/insert a card on demand, status, quit")
     p.add_argument("--trace", type=Path, help="write an APDU trace (JSON lines, secrets masked)")
     p.add_argument("--contactless", action="store_true", help="answer the contactless (Type B) ATR")
     p.add_argument("--no-start-pcscd", action="store_true", help="never start pcscd; use a running one")

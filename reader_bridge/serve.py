@@ -76,6 +76,7 @@ def serve(
     stop_event: threading.Event | None = None,
     ready_timeout: float = 10.0,
     pcscd_log: str | Path | None = None,
+    control: Callable[[VirtualReaderSet, threading.Event], object] | None = None,
 ) -> None:
     """Expose ``cards`` (slot → card) through vpcd until ``stop_event``, SIGINT or SIGTERM.
 
@@ -84,7 +85,9 @@ def serve(
     On the way out it removes the cards and stops only the pcscd it started. Raises
     TimeoutError when a card does not show up within ``ready_timeout`` seconds, ValueError
     for a slot without a vpcd reader (Debian's vpcd has slots 0 and 1), PcscError when no
-    pcscd answers (``start_pcscd=False`` and none running).
+    pcscd answers (``start_pcscd=False`` and none running). ``control(readers, stop)``, when
+    given, runs in a daemon thread once the cards are ready: it may remove and insert cards on
+    demand and set ``stop``.
     """
     stop = stop_event if stop_event is not None else threading.Event()
     harness = PcscdHarness(log_path=pcscd_log) if start_pcscd else None
@@ -100,6 +103,8 @@ def serve(
             log.info("serving %s", ", ".join(names))
             if on_ready is not None:
                 on_ready(names)
+            if control is not None:
+                threading.Thread(target=control, args=(readers, stop), name="serve-control", daemon=True).start()
             stop.wait()
     finally:
         restore()
