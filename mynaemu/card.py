@@ -60,10 +60,11 @@ class Card:
             self.applications[name] = cls(spec, efs, self.keyring, objects)  # type: ignore[arg-type]
         self._by_aid = {ap.aid: ap for ap in self.applications.values()}
         self._tables: dict[str, dict[int, Handler]] = {}
+        select = self._select_handler()
         for name, ap in self.applications.items():
             table = dict(ap.table)
             if (0x00 << 8) | _SELECT in table:
-                table[_SELECT] = self._select
+                table[_SELECT] = select
             self._tables[name] = table
         self._manager = self.applications["mf"]
         self.session = Session(self._manager)
@@ -82,6 +83,12 @@ class Card:
     def close(self) -> None:
         """Let other processes load this card (releases the writer lock). Idempotent."""
         self._release()
+
+    def __enter__(self) -> Card:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _key_loader(self, key_id: str) -> Callable[[], rsa.RSAPrivateKey]:
         pem = self.dir.key_pems.get(key_id)
@@ -159,10 +166,23 @@ class Card:
             log.exception("internal error answering INS %02X", apdu[1] if len(apdu) > 1 else 0)
             return sw.INTERNAL_ERROR
 
-    def _select(self, session: Session, p1: int, p2: int, data: bytes, le: int | None, ext: bool) -> bytes:
-        """SELECT: by DF name (P1=04) here; everything else is the current application's."""
-        if p1 != 0x04:
-            return session.ap.select_file(session, p1, p2, data, le, ext)
+    def _select_handler(self) -> Handler:
+        """SELECT: by DF name (P1=04) the card's, everything else the current application's.
+
+        The handler holds the card only weakly: a Card in a reference cycle would be freed (and
+        its writer lock released) only by the garbage collector, not when the last name for it goes.
+        """
+        card = weakref.ref(self)
+
+        def select(session: Session, p1: int, p2: int, data: bytes, le: int | None, ext: bool) -> bytes:
+            if p1 != 0x04:
+                return session.ap.select_file(session, p1, p2, data, le, ext)
+            return card()._select_aid(p2, data)  # type: ignore[union-attr]
+
+        return select
+
+    def _select_aid(self, p2: int, data: bytes) -> bytes:
+        """SELECT by DF name: switch application and clear the security status."""
         if p2 & 0x03 == 0x02:  # next occurrence: each AID names one DF
             return sw.FILE_NOT_FOUND
         if p2 not in (0x00, 0x04, 0x0C):

@@ -69,3 +69,23 @@ def test_forked_child_does_not_keep_the_parents_lock(card_dir: Path) -> None:
     os.close(w)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_lock_goes_with_the_last_reference_even_without_gc(card_dir: Path) -> None:
+    import gc
+
+    gc.disable()
+    try:
+        card = Card.load(card_dir)
+        card.transmit(bytes.fromhex("00A4040C0AD392F000260100000001"))  # exercise the SELECT handler
+        del card  # no reference cycle keeps a Card alive: the lock goes at once
+        assert cli("send", str(card_dir), "00A40000").returncode == 0
+    finally:
+        gc.enable()
+
+
+def test_card_is_a_context_manager(card_dir: Path) -> None:
+    with Card.load(card_dir) as card:
+        assert cli("send", str(card_dir), "00A40000").returncode == 2
+        assert card.transmit(bytes.fromhex("00A40000")) == b"\x6a\x86"
+    assert cli("send", str(card_dir), "00A40000").returncode == 0
