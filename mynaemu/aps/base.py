@@ -10,6 +10,11 @@ Choices where the sources are silent (spec Part B §12), made here once for ever
 - READ BINARY at an offset equal to or past the physical size answers 6B00; a body shorter than
   Le answers what is left with 9000 (never 6Cxx).
 - Signing with a key whose every opening key is blocked answers 6984 rather than 6982.
+- COMPUTE DIGITAL SIGNATURE with P2=00 in an AP without a default key (JPKI) answers 6A88;
+  INTERNAL AUTHENTICATE with a key that only signs answers 6985 (券面 keys) or, when it is
+  PIN-protected, 6982/6984 (JPKI keys), as MCARD measured.
+- SELECT EF with P2=04 answers an FCP (62), with P2=00 an FCI (6F) holding the same items.
+- CHANGE of a key whose profile says it cannot change (照合番号A/B) answers 6985.
 """
 
 from __future__ import annotations
