@@ -116,3 +116,30 @@ def test_replay_reports_mismatch_with_exit_1(card_dir, tmp_path, capsys) -> None
 def test_replay_needs_a_target(capsys) -> None:
     assert main(["replay", "opensc-bind"]) == 2
     assert "--card" in capsys.readouterr().err
+
+
+def test_issue_with_own_profile_changes_a_retry_limit(tmp_path, capsys) -> None:
+    from mynaemu.profile import DEFAULT_PROFILE
+
+    profile = tmp_path / "profile.toml"
+    text = DEFAULT_PROFILE.read_text(encoding="utf-8")
+    profile.write_text(text.replace('[keys.auth]\nlabel = "JPKI user-authentication PIN"\nlimit = 3',
+                                    '[keys.auth]\nlabel = "JPKI user-authentication PIN"\nlimit = 5'), encoding="utf-8")
+    assert main(["issue", str(tmp_path / "card"), "--profile", str(profile), "--auth-pin", "1234"]) == 0
+    capsys.readouterr()
+    card = Card.load(tmp_path / "card")
+    assert card.key_status()["auth"]["limit"] == 5
+    assert card.transmit(bytes.fromhex("00A4040C0AD392F000260100000001")) == b"\x90\x00"
+    assert card.transmit(bytes.fromhex("00A4020C020018")) == b"\x90\x00"
+    assert card.transmit(bytes.fromhex("00200080")) == b"\x63\xc5"
+
+
+def test_issue_refuses_an_invalid_profile(tmp_path, capsys) -> None:
+    from mynaemu.profile import DEFAULT_PROFILE
+
+    profile = tmp_path / "bad.toml"
+    profile.write_text(DEFAULT_PROFILE.read_text(encoding="utf-8").replace("limit = 3", "limit = 16", 1), encoding="utf-8")
+    assert main(["issue", str(tmp_path / "card"), "--profile", str(profile)]) == 2
+    err = capsys.readouterr().err
+    assert str(profile) in err and "keys.auth" in err and "1 to 15" in err
+    assert not (tmp_path / "card").exists()
