@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 
 import pytest
 
@@ -64,13 +63,39 @@ def test_echo_card_appears_and_answers(slots, connect):
     assert card.apdus == 1
 
 
-def test_no_delayed_ack_stall(slots, connect):
-    """Without TCP_QUICKACK each APDU waits ~48 ms (21/s); with it ~10,000/s. Floor: 100/s."""
-    connection = connect(slots.insert(1, EchoCard()))
-    started = time.perf_counter()
-    for _ in range(200):
-        assert connection.transmit([0x00, 0xB0, 0x00, 0x00, 0x01]) == ([], 0x90, 0x00)
-    assert time.perf_counter() - started < 2.0
+def test_quickack_is_rearmed_before_every_receive():
+    """The cure for vpcd's 48 ms stall (spec: pcsc-bridge.md): TCP_QUICKACK before each recv.
+
+    Checked as behaviour, not time (speed is the benchmarks' business): a socket that records
+    calls sees the option set before every recv, however the frames are split.
+    """
+    import socket as socket_module
+
+    from reader_bridge.vpcd import _FrameReader
+
+    quickack = getattr(socket_module, "TCP_QUICKACK", None)
+    if quickack is None:
+        pytest.skip("TCP_QUICKACK exists on Linux only")
+
+    class RecordingSocket:
+        def __init__(self, chunks: list[bytes]) -> None:
+            self.chunks, self.calls = chunks, []
+
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            self.calls.append(("setsockopt", level, option, value))
+
+        def recv(self, n: int) -> bytes:
+            self.calls.append(("recv",))
+            return self.chunks.pop(0)
+
+    sock = RecordingSocket([b"\x00", b"\x05\x00\xa4", b"\x04\x0c\x00", b"\x00\x01\x04"])
+    reader = _FrameReader(sock)  # type: ignore[arg-type]
+    assert reader.read_frame() == b"\x00\xa4\x04\x0c\x00"
+    assert reader.read_frame() == b"\x04"
+    recvs = [i for i, call in enumerate(sock.calls) if call == ("recv",)]
+    assert len(recvs) == 4
+    for i in recvs:
+        assert sock.calls[i - 1] == ("setsockopt", socket_module.IPPROTO_TCP, quickack, 1)
 
 
 def test_canned_answers_exact_bytes(slots, connect, jpki_card):
