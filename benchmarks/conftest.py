@@ -1,4 +1,4 @@
-"""Shared benchmark fixtures: one card issued per session, copied fresh for every benchmark.
+"""Benchmark fixtures: the test suite's card (one issued per session, a fresh copy per benchmark).
 
 Run the benchmarks with ``python -m pytest benchmarks --benchmark-enable`` (without the flag,
 pyproject's ``--benchmark-disable`` runs each one once: the quick mode of the normal test run).
@@ -6,52 +6,29 @@ pyproject's ``--benchmark-disable`` runs each one once: the quick mode of the no
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mynaemu.testing import TEST_SECRETS as BENCH_SECRETS
+# The test suite's fixtures, shared: the private data directory (autouse) and the issued card.
+from tests.conftest import _data_dir, card, card_dir, issued_template
 
-__all__ = ["BENCH_SECRETS"]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _bench_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keep the emulated authority out of the user's home (``MYNAEMU_DATA_DIR``)."""
-    path = tmp_path_factory.mktemp("mynaemu-bench-data")
-    old = os.environ.get("MYNAEMU_DATA_DIR")
-    os.environ["MYNAEMU_DATA_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("MYNAEMU_DATA_DIR", None)
-    else:
-        os.environ["MYNAEMU_DATA_DIR"] = old
+__all__ = ["_data_dir", "card", "card_dir", "issued_template"]
 
 
 @pytest.fixture(scope="session")
-def bench_issued(tmp_path_factory: pytest.TempPathFactory, _bench_data_dir: Path):
-    """One card issued for the session (key generation is the slow part); an ``IssuedCard``."""
-    from mynaemu.testing import issue_test_card
-
-    return issue_test_card(tmp_path_factory.mktemp("bench-template") / "card")
+def bench_issued(issued_template):
+    """The session's issued card (an ``IssuedCard``)."""
+    return issued_template
 
 
 @pytest.fixture
-def bench_card_dir(bench_issued, tmp_path: Path) -> Path:
+def bench_card_dir(card_dir: Path) -> Path:
     """A fresh copy of the session's card (full counters) on the tmp filesystem."""
-    dest = tmp_path / "card"
-    shutil.copytree(bench_issued.path, dest)
-    return dest
+    return card_dir
 
 
 @pytest.fixture
-def bench_card(bench_card_dir: Path):
+def bench_card(card):
     """The fresh card, loaded and powered on."""
-    from mynaemu import Card
-
-    card = Card.load(bench_card_dir)
-    card.power_on()
     return card
