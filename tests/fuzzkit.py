@@ -2,7 +2,7 @@
 
 Nothing here imports pytest: ``scripts/fuzz`` runs the same loops for long runs.
 
-- ``encode``: an APDU encoder of its own (short/extended forms), independent of ``mynaemu.apdu``.
+- ``encode``: ``mynaemu.apdu.build_command`` with an ``ext`` flag (the parser is checked against it).
 - ``transcripts(values)``: the client command sequences of spec §10, with a card's right values.
 - ``mutate`` / ``random_apdu`` / ``apdu_stream``: mutated transcripts, random APDUs, the mix.
 - ``check_answer``: well-formedness (status word whitelist, data only with 9000, size bound).
@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mynaemu.apdu import build_command
 
 AIDS = {
     "mf": bytes.fromhex("A0000001510000"),
@@ -65,20 +67,7 @@ def allowed_sws(max_limit: int = 15) -> frozenset[bytes]:
 
 def encode(cla: int, ins: int, p1: int, p2: int, data: bytes = b"", le: int | None = None, ext: bool = False) -> bytes:
     """Encode a command APDU; ``le`` 256 (short) / 65536 (extended) encode as zeros."""
-    out = bytearray((cla, ins, p1, p2))
-    if ext or len(data) > 255 or (le is not None and le > 256):
-        if data:
-            out += b"\x00" + len(data).to_bytes(2, "big") + data
-            if le is not None:
-                out += (le & 0xFFFF).to_bytes(2, "big")
-        elif le is not None:
-            out += b"\x00" + (le & 0xFFFF).to_bytes(2, "big")
-    else:
-        if data:
-            out += bytes((len(data),)) + data
-        if le is not None:
-            out.append(le & 0xFF)
-    return bytes(out)
+    return build_command(cla, ins, p1, p2, data, le, extended=ext)
 
 
 def sel_ap(name: str) -> bytes:

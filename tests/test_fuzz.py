@@ -90,7 +90,7 @@ def test_any_bytes_get_a_wellformed_answer(issued_template, tmp_path: Path) -> N
 @given(cla=st.integers(0, 255), ins=st.integers(0, 255), p1=st.integers(0, 255), p2=st.integers(0, 255),
        data=st.binary(max_size=600), le=st.none() | st.integers(1, 65536), ext=st.booleans())
 def test_encoder_agrees_with_the_card_parser(cla, ins, p1, p2, data, le, ext) -> None:
-    """The fuzz kit's encoder and the card's parser read every well-formed APDU the same way."""
+    """The encoder and the card's parser read every well-formed APDU the same way."""
     apdu = fk.encode(cla, ins, p1, p2, data, le, ext)
     try:
         cmd = parse_command(apdu)

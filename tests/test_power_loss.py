@@ -273,6 +273,13 @@ def _drop_tmp(card_dir: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _after_kill(card_dir: Path, fig: Figures, kill: int) -> Card | None:
+    """Count the kill (and whether it landed inside a write), then load the card it left."""
+    fig.kills += 1
+    fig.torn_writes += bool(temp_files(card_dir / "state.json"))
+    return _load(card_dir, fig, kill)
+
+
 def _load(card_dir: Path, fig: Figures, kill: int) -> Card | None:
     try:
         return Card.load(card_dir)
@@ -355,9 +362,7 @@ def run_verify_kills(zygote: Zygote, card_dir: Path, kills: int, rng: random.Ran
                     fig.violations.append(f"kill {n}: {k} {kind} answered {rsp.hex()}, the model says {expected.hex()}")
         finally:
             child.close()
-        fig.kills += 1
-        fig.torn_writes += bool(temp_files(card_dir / "state.json"))
-        card = _load(card_dir, fig, n)
+        card = _after_kill(card_dir, fig, n)
         if card is None:
             break
         for k, status in card.key_status().items():
@@ -451,9 +456,7 @@ def run_change_kills(zygote: Zygote, card_dir: Path, kills: int, rng: random.Ran
                     fig.answered_changes += 1
         finally:
             child.close()
-        fig.kills += 1
-        fig.torn_writes += bool(temp_files(card_dir / "state.json"))
-        card = _load(card_dir, fig, n)
+        card = _after_kill(card_dir, fig, n)
         if card is None:
             break
         allowed = {current[key]} | ({target} if in_flight == "change" else set())
