@@ -12,52 +12,81 @@ answers 6F00 and the card goes on answering.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from . import carddir, sw
 from .apdu import ApduError, parse_fields
 from .aps import APPLICATION_CLASSES, Application, Session
 from .aps.base import Handler, build_efs
 from .keys import KeyRing, StorageFailure
-from .state import StateStore, acquire_card_lock
+from .state import CardLock, CardMovedError, StateError, StateStore, acquire_card_lock
 
 log = logging.getLogger("mynaemu.card")
 
 _SELECT = 0xA4
 
 
-class Card:
-    """An emulated My Number card."""
+class CardClosedError(RuntimeError):
+    """A command to a Card that was closed, or inherited through fork(): load the card again."""
 
-    def __init__(self, card_dir: carddir.CardDir, *, interface: str = "contact", read_only: bool = False) -> None:
+
+# Every live Card, so that a fork() child's inherited copies can be told that they are copies.
+_live_cards: weakref.WeakSet[Card] = weakref.WeakSet()
+
+
+class Card:
+    """An emulated My Number card.
+
+    One card directory has one live writable Card per process (a second ``load`` is refused, see
+    ``state.acquire_card_lock``), and a Card is safe to use from several threads: ``transmit`` and
+    the operator commands take the card's lock, so no two of them interleave.
+    """
+
+    def __init__(
+        self, card_dir: carddir.CardDir, *, interface: str = "contact", read_only: bool = False, lock: CardLock | None = None
+    ) -> None:
         if interface not in ("contact", "contactless"):
             raise ValueError("interface must be 'contact' or 'contactless'")
+        if lock is None and not read_only:
+            # Callers that built ``card_dir`` themselves: take the lock now (Card.load takes it
+            # before reading any file).
+            lock = acquire_card_lock(card_dir.path)
         self.dir = card_dir
         self.profile = card_dir.profile
         self.interface = interface
         self.read_only = read_only
-        # One writing process per card (see state.acquire_card_lock); a read-only card (for
-        # `mynaemu info` beside a served card) refuses every state change with 6581 instead.
-        self._release = (lambda: None) if read_only else acquire_card_lock(card_dir.path)
-        weakref.finalize(self, self._release)
-        self.store = StateStore(card_dir.state_path, card_dir.card_id, read_only=read_only)
+        self._lock = lock
+        # None while usable; else why every command is refused (closed, or a fork's copy).
+        self._refusal: str | None = None
+        # Reentrant: an operator command may call transmit-level helpers while holding it.
+        self.mutex = threading.RLock()
         try:
+            self.store = StateStore(card_dir.state_path, card_dir.card_id, read_only=read_only, lock=lock)
             self.keyring = KeyRing(self.profile.keys, self.store)
+            self.applications: dict[str, Application] = {}
+            for name, spec in self.profile.aps.items():
+                cls = APPLICATION_CLASSES.get(name, Application)
+                efs = build_efs(spec, card_dir.content, self._private_key)
+                objects = {tag: card_dir.content.get(cid, b"") for tag, cid in spec.data_objects.items()}
+                self.applications[name] = cls(spec, efs, self.keyring, objects)  # type: ignore[arg-type]
+        except ValueError as exc:  # content that does not fit its profile (e.g. an EF too small)
+            if lock is not None:
+                lock.release()
+            raise StateError(f"{card_dir.path}: {exc}") from None
         except BaseException:
-            self._release()
+            if lock is not None:
+                lock.release()
             raise
-        self.applications: dict[str, Application] = {}
-        for name, spec in self.profile.aps.items():
-            cls = APPLICATION_CLASSES.get(name, Application)
-            efs = build_efs(spec, card_dir.content, self._key_loader)
-            objects = {tag: card_dir.content.get(cid, b"") for tag, cid in spec.data_objects.items()}
-            self.applications[name] = cls(spec, efs, self.keyring, objects)  # type: ignore[arg-type]
+        if lock is not None:
+            weakref.finalize(self, lock.release)
         self._by_aid = {ap.aid: ap for ap in self.applications.values()}
         self._tables: dict[str, dict[int, Handler]] = {}
         select = self._select_handler()
@@ -70,19 +99,49 @@ class Card:
         self.session = Session(self._manager)
         self._table = self._tables["mf"]
         self._powered = False
+        _live_cards.add(self)
 
     @classmethod
     def load(cls, path: Path | str, *, interface: str = "contact", read_only: bool = False) -> Card:
         """Load a card issued earlier into ``path``; raise StateError if any file is broken.
 
-        The process then holds the card's writer lock until ``close()`` (or until the card is
-        garbage-collected): another process loading it for writing gets a StateError.
+        A writable load holds the card's writer lock until ``close()`` (or until the card is
+        garbage-collected): another process loading it for writing, or a second writable load of
+        the same directory in this process (however its path is spelled), gets a StateError.
+        ``read_only=True`` loads beside a writer; such a view refuses every state change and never
+        compares a secret (VERIFY with data answers 6581).
         """
-        return cls(carddir.load(path), interface=interface, read_only=read_only)
+        lock = None if read_only else acquire_card_lock(Path(path))
+        try:
+            card_dir = carddir.load(path, dir_fd=None if lock is None else lock.fd)
+            if lock is not None:
+                # The files were read by path: make sure it named the locked directory throughout.
+                lock.check_path()
+        except CardMovedError as exc:
+            lock.release()  # type: ignore[union-attr]
+            raise StateError(str(exc)) from None
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return cls(card_dir, interface=interface, read_only=read_only, lock=lock)
 
     def close(self) -> None:
-        """Let other processes load this card (releases the writer lock). Idempotent."""
-        self._release()
+        """Let other processes (and loads) use this card; it then refuses every command. Idempotent."""
+        with self.mutex:
+            if self._refusal is None:
+                self._refusal = f"{self.dir.path}: this Card was closed; load the card again to use it"
+            if self._lock is not None:
+                self._lock.release()
+
+    @property
+    def closed(self) -> bool:
+        """True once the card refuses every command (closed, or inherited through fork)."""
+        return self._refusal is not None
+
+    def _check_open(self) -> None:
+        if self._refusal is not None:
+            raise CardClosedError(self._refusal)
 
     def __enter__(self) -> Card:
         return self
@@ -90,18 +149,11 @@ class Card:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _key_loader(self, key_id: str) -> Callable[[], rsa.RSAPrivateKey]:
-        pem = self.dir.key_pems.get(key_id)
-        if pem is None:
-            raise ValueError(f"{self.dir.path}: keys.json has no key {key_id!r}")
-
-        def load() -> rsa.RSAPrivateKey:
-            # Our own keys, written at issuance: OpenSSL's consistency check (~27 ms) adds nothing.
-            key = load_pem_private_key(pem.encode(), None, unsafe_skip_rsa_key_validation=True)
-            assert isinstance(key, rsa.RSAPrivateKey)
-            return key
-
-        return load
+    def _private_key(self, key_id: str) -> rsa.RSAPrivateKey:
+        key = self.dir.keys.get(key_id)
+        if key is None:
+            raise ValueError(f"keys.json has no key {key_id!r}, which the profile names")
+        return key
 
     # -- power ---------------------------------------------------------------------------------
     @property
@@ -144,27 +196,43 @@ class Card:
 
         A card that is not powered is powered on first (cold start), so a freshly loaded card
         can be used at once. Any bytes-like object is accepted; anything else is a TypeError.
+        A closed card, or one inherited through fork(), raises CardClosedError.
         """
-        if not self._powered:
-            self.power_on()
         if apdu.__class__ is not bytes:  # bytearray/memoryview/list from transports: one copy, then hashable slices
             apdu = bytes(apdu)
-        try:
-            cla, ins, p1, p2, data, le, ext = parse_fields(apdu)
-            if cla == 0x00 or cla == 0x80:
-                handler = self._table.get((cla << 8) | ins)
-                if handler is None:
-                    return sw.INS_NOT_SUPPORTED
-                return handler(self.session, p1, p2, data, le, ext)
-            return _class_error(cla, ins)
-        except ApduError as exc:
-            return exc.sw
-        except StorageFailure as exc:
-            log.error("state write failed, command refused: %s", exc)
-            return sw.MEMORY_FAILURE
-        except Exception:
-            log.exception("internal error answering INS %02X", apdu[1] if len(apdu) > 1 else 0)
-            return sw.INTERNAL_ERROR
+        with self.mutex:
+            if self._refusal is not None:
+                raise CardClosedError(self._refusal)
+            if not self._powered:
+                self.power_on()
+            try:
+                cla, ins, p1, p2, data, le, ext = parse_fields(apdu)
+                if cla == 0x00 or cla == 0x80:
+                    handler = self._table.get((cla << 8) | ins)
+                    if handler is None:
+                        return sw.INS_NOT_SUPPORTED
+                    return handler(self.session, p1, p2, data, le, ext)
+                return _class_error(cla, ins)
+            except ApduError as exc:
+                return exc.sw
+            except StorageFailure as exc:
+                log.warning("state write failed, command refused (6581): %s", exc)
+                return sw.MEMORY_FAILURE
+            except Exception:
+                log.exception("internal error answering INS %02X", apdu[1] if len(apdu) > 1 else 0)
+                return sw.INTERNAL_ERROR
+
+    @contextlib.contextmanager
+    def operating(self) -> Iterator[KeyRing]:
+        """Hold the card for an operator command (admin, controls): no APDU runs meanwhile.
+
+        Raises CardClosedError on a closed card and StorageFailure while its state cannot be
+        trusted (a failed write not yet read back).
+        """
+        with self.mutex:
+            self._check_open()
+            self.keyring.check_fresh()
+            yield self.keyring
 
     def _select_handler(self) -> Handler:
         """SELECT: by DF name (P1=04) the card's, everything else the current application's.
@@ -214,6 +282,17 @@ class Card:
     def tries_left(self, key: str) -> int:
         """Tries left of one key (names as in the profile: auth, sign, text, ...)."""
         return self.keyring[key].tries_left
+
+
+def _refuse_inherited_cards() -> None:
+    # A fork() child shares no lock with its parent's Card objects (state.py closes the child's
+    # lock descriptors); left usable, the copy would keep counters of its own. Refuse it.
+    for card in list(_live_cards):
+        card._refusal = f"{card.dir.path}: this Card was inherited through fork(); load the card again in this process"
+        card.mutex = threading.RLock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_refuse_inherited_cards)
 
 
 def _class_error(cla: int, ins: int) -> bytes:

@@ -6,8 +6,6 @@ padded to their physical size, so READ BINARY is one slice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .profile import EfSpec
@@ -67,22 +65,15 @@ class PinEf(Ef):
 
 
 class PrivateKeyEf(Ef):
-    """A private-key EF; the key is parsed on first use (most sessions never sign)."""
+    """A private-key EF (the key is parsed when the card loads, so a broken one is refused then)."""
 
-    __slots__ = ("_key", "_loader", "ops")
+    __slots__ = ("key", "ops")
     kind = "rsa"
 
-    def __init__(self, spec: EfSpec, loader: Callable[[], rsa.RSAPrivateKey]) -> None:
+    def __init__(self, spec: EfSpec, key: rsa.RSAPrivateKey) -> None:
         super().__init__(spec)
         self.ops = frozenset(spec.ops)
-        self._loader = loader
-        self._key: rsa.RSAPrivateKey | None = None
-
-    @property
-    def key(self) -> rsa.RSAPrivateKey:
-        if self._key is None:
-            self._key = self._loader()
-        return self._key
+        self.key = key
 
 
 class OpaqueEf(Ef):

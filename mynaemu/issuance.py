@@ -126,8 +126,11 @@ def issue_card(
     authority = authority or Authority.load_or_create(default_authority_dir())
     keys = keys or CardKeys.generate()
     content = build_contents(persona, keys, authority, japanese_era=prof.check_b_japanese_era)
+    # The card's own identity, bound into every file of its directory: random per card (test
+    # cards of one persona share their serial number), so files of two cards never pass as one.
+    card_id = f"{_random.randbits(96):029d}"
     meta = {
-        "card_id": persona.card_serial,
+        "card_id": card_id,
         "persona": persona_to_json(persona),
         "issued_by": "mynaemu (emulated card; not a real My Number card)",
     }
@@ -135,7 +138,7 @@ def issue_card(
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         carddir.write(staging, prof.text(), meta, content, keys.to_pem_dict())
-        StateStore(staging / "state.json", persona.card_serial).save(_reference_values(prof, persona, values))
+        StateStore(staging / "state.json", card_id).save(_reference_values(prof, persona, values))
         if root.exists():
             root.rmdir()
         os.rename(staging, root)

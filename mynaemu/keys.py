@@ -1,9 +1,12 @@
 """Key references (PINs, password, check numbers) with retry counters that persist.
 
-A key is compared in constant time. A wrong value costs a try, and that decrement reaches the
-state file before the answer is returned (spec Part A.3): ``verify`` only returns after
-``StateStore.save`` did. If the write fails, memory stays as it was and ``StorageFailure`` tells
-the card to answer an error without revealing whether the value matched.
+Every comparison of a secret is an *attempt* (docs/card-interface.md, "Anti-tearing"): the
+attempt's decrement is made durable first, then the candidate is compared in constant time, and
+a match then restores the full counter, durably, before it is reported. So no answer tells a
+right value from a wrong one unless that attempt's decrement is already on disk: a full disk,
+a read-only view, a failing fsync or a crash can refuse an attempt, never turn it into a free
+guess. When a write fails the ring re-reads the state from disk, so memory and disk agree; until
+it can, every state change and comparison is refused with ``StorageFailure``.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ MATCH, WRONG, BLOCKED = Outcome.MATCH, Outcome.WRONG, Outcome.BLOCKED
 
 
 class StorageFailure(Exception):
-    """The state could not be written; the command must fail and nothing has changed."""
+    """The state could not be written (or read back); the command must fail without comparing."""
 
 
 @dataclass(slots=True)
@@ -82,19 +85,42 @@ class KeyRing:
 
     def __init__(self, specs: dict[str, KeySpec], store: StateStore) -> None:
         self.store = store
-        loaded = store.load()
-        missing = [n for n in specs if n not in loaded]
-        if missing:
-            raise ValueError(f"{store.path}: no state for key(s) {missing}")
+        self.specs = specs
+        self._limits = {name: spec.limit for name, spec in specs.items()}
+        loaded = store.load(self._limits)
         self.keys: dict[str, ReferenceKey] = {
             name: ReferenceKey(spec, loaded[name]["value"], loaded[name]["tries_left"]) for name, spec in specs.items()
         }
+        # Set when a write failed and the state could not be read back: memory may not be what
+        # is on disk, so nothing may change or be compared until it is read again.
+        self.stale: str | None = None
 
     def __getitem__(self, name: str) -> ReferenceKey:
         return self.keys[name]
 
+    def _resync(self) -> None:
+        """Adopt what is on disk (after a failed write); mark the ring stale if it cannot be read."""
+        try:
+            loaded = self.store.load(self._limits)
+        except Exception as exc:  # StateError, or an OSError of the failing disk
+            self.stale = str(exc)
+            return
+        for name, key in self.keys.items():
+            key.tries_left = loaded[name]["tries_left"]
+            key.value = loaded[name]["value"]
+            key.digest = _sha256(key.value).digest() if key.value else b""
+        self.stale = None
+
+    def check_fresh(self) -> None:
+        """Raise StorageFailure while memory may differ from disk (after a failed write)."""
+        if self.stale is not None:
+            self._resync()
+            if self.stale is not None:
+                raise StorageFailure(f"the state cannot be read back after a failed write: {self.stale}")
+
     def _commit(self, name: str, *, tries_left: int | None = None, value: bytes | None = None) -> None:
         """Write the state with one key changed, then change it in memory."""
+        self.check_fresh()
         key = self.keys[name]
         new_tries = key.tries_left if tries_left is None else tries_left
         new_value = key.value if value is None else value
@@ -105,30 +131,40 @@ class KeyRing:
         try:
             self.store.save(snapshot)
         except OSError as exc:
+            # The write may have failed before its rename (the old state stands) or after it (the
+            # new one does, e.g. an EIO from the directory fsync): read back which, so that memory
+            # and disk agree from the next command on.
+            if not self.store.read_only:
+                self._resync()
             raise StorageFailure(f"{self.store.path}: {exc.strerror or exc}") from None
         key.tries_left = new_tries
         if value is not None:
             key.value = new_value
-            key.digest = hashlib.sha256(new_value).digest() if new_value else b""
+            key.digest = _sha256(new_value).digest() if new_value else b""
 
-    def verify(self, name: str, candidate: bytes) -> Outcome:
-        """Compare ``candidate``; a wrong one is durably counted before this returns."""
+    def attempt(self, name: str, candidate: bytes) -> Outcome:
+        """Compare ``candidate`` as one attempt: decrement durably, compare, reset durably on a match.
+
+        Raises StorageFailure (before comparing) when the decrement cannot be written, and after
+        a match whose reset cannot be written; a blocked key is never compared.
+        """
         key = self.keys[name]
+        self.check_fresh()
         if key.tries_left == 0:
             return BLOCKED
-        match = hmac.compare_digest(_sha256(candidate).digest(), key.digest) and bool(key.digest)
-        if match:
-            if key.tries_left != key.spec.limit:
-                self._commit(name, tries_left=key.spec.limit)
-            return MATCH
+        if self.store.read_only:
+            raise StorageFailure("a read-only view of the card never compares secrets")
         self._commit(name, tries_left=key.tries_left - 1)
+        if hmac.compare_digest(_sha256(candidate).digest(), key.digest) and key.digest:
+            self._commit(name, tries_left=key.spec.limit)
+            return MATCH
         return WRONG
 
     def change(self, name: str, new_value: bytes) -> None:
         """Set a new value (after a successful VERIFY); the caller has checked its format."""
         self._commit(name, value=new_value, tries_left=self.keys[name].spec.limit)
 
-    # Operator commands (spec Part A.11), outside the APDU interface.
+    # Operator commands (docs/card-interface.md, "Operator commands"), outside the APDU interface.
     def unblock(self, name: str) -> None:
         """Restore the full counter, keeping the value (the municipal office's unlock)."""
         self._commit(name, tries_left=self.keys[name].spec.limit)

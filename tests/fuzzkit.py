@@ -598,7 +598,7 @@ class CardFuzzer:
         problem = dead_card_check(card)
         if problem is None:
             try:
-                reloaded = Card.load(card.dir.path)
+                reloaded = Card.load(card.dir.path, read_only=True)
                 if [reloaded.tries_left(k) for k in self.keys] != self.counters():
                     problem = "counters on disk differ from the live card's"
                 else:

@@ -35,7 +35,7 @@ def test_lockout_at_limit_and_admin_unblock(card: Card, key: str) -> None:
     assert query(card) == b"\x63\xc0"
     assert card.tries_left(key) == 0
     # The state on disk agrees.
-    assert Card.load(card.dir.path).tries_left(key) == 0
+    assert Card.load(card.dir.path, read_only=True).tries_left(key) == 0
     admin.unblock(card, key)
     assert card.tries_left(key) == limit
     goto_key(card, key)
@@ -52,7 +52,7 @@ def test_query_spends_nothing_and_answers_63cx_after_success(card: Card) -> None
     assert query(card) == b"\x63\xc2"
     assert verify(card, "1234") == b"\x90\x00"  # a match restores the counter
     assert query(card) == b"\x63\xc3"
-    assert Card.load(card.dir.path).tries_left("auth") == 3
+    assert Card.load(card.dir.path, read_only=True).tries_left("auth") == 3
 
 
 def test_wrong_verify_clears_that_keys_status(card: Card) -> None:
@@ -130,6 +130,7 @@ def test_change_reference_data_jpki(card: Card) -> None:
     assert tx(card, "0024018004" + b"43a1".hex()) == b"\x6a\x80"
     assert tx(card, "0024008004" + b"4321".hex()) == b"\x6a\x86"
     assert tx(card, "0024018004" + b"4321".hex()) == b"\x90\x00"
+    card.close()
     reloaded = Card.load(card.dir.path)
     goto_key(reloaded, "auth")
     assert verify(reloaded, "1234") == b"\x63\xc2"

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mynaemu import Card
+import pytest
+
+from mynaemu import Card, StateError
 
 from .conftest import select_ap, select_ef, verify
 
@@ -31,11 +33,13 @@ def test_second_process_is_refused_while_card_is_held(card_dir: Path) -> None:
     assert res.returncode == 0 and "9000" in res.stdout
 
 
-def test_same_process_may_load_a_card_twice(card_dir: Path) -> None:
+def test_a_second_writable_load_in_one_process_is_refused(card_dir: Path) -> None:
     first = Card.load(card_dir)
-    second = Card.load(card_dir)
+    with pytest.raises(StateError, match="already loaded for writing in this process"):
+        Card.load(card_dir)
     first.close()
-    assert cli("send", str(card_dir), "00A40000").returncode == 2  # the second still holds it
+    second = Card.load(card_dir)  # once the first is closed, the card may be loaded again
+    assert cli("send", str(card_dir), "00A40000").returncode == 2  # ... and that load holds it
     second.close()
     assert cli("send", str(card_dir), "00A40000").returncode == 0
 
@@ -46,7 +50,7 @@ def test_read_only_card_refuses_state_changes(card_dir: Path) -> None:
     select_ap(card, "jpki")
     select_ef(card, "0018")
     assert verify(card, "0000") == b"\x65\x81"
-    assert verify(card, "1234") == b"\x90\x00"  # a match on a full counter writes nothing
+    assert verify(card, "1234") == b"\x65\x81"  # never compared: a read-only view is no PIN oracle
     assert card.tries_left("auth") == 3
     assert (card_dir / "state.json").read_bytes() == before
 

@@ -17,7 +17,7 @@ def cert(card: Card, cid: str) -> x509.Certificate:
 
 
 def test_suspend_revokes_both_certificates_and_card_still_answers(card_dir, capsys) -> None:
-    before = Card.load(card_dir)
+    before = Card.load(card_dir, read_only=True)
     assert main(["admin", str(card_dir), "suspend"]) == 0
     out = capsys.readouterr().out
     assert "auth CRL" in out and "sign CRL" in out
@@ -28,7 +28,7 @@ def test_suspend_revokes_both_certificates_and_card_still_answers(card_dir, caps
         assert crl.is_signature_valid(ca.public_key())
         assert crl.issuer == ca.subject
         assert crl.get_revoked_certificate_by_serial_number(cert(before, cid).serial_number) is not None
-    card = Card.load(card_dir)
+    card = Card.load(card_dir, read_only=True)
     assert card.dir.meta["suspended"]
     select_ap(card, "jpki")
     select_ef(card, "000A")
@@ -41,5 +41,5 @@ def test_suspend_twice_lists_each_certificate_once(card_dir) -> None:
     assert main(["admin", str(card_dir), "suspend"]) == 0
     assert main(["admin", str(card_dir), "suspend"]) == 0
     crl = x509.load_der_x509_crl((default_authority_dir() / "auth-ca.crl").read_bytes())
-    serial = cert(Card.load(card_dir), "jpki.auth_cert").serial_number
+    serial = cert(Card.load(card_dir, read_only=True), "jpki.auth_cert").serial_number
     assert sum(1 for r in crl if r.serial_number == serial) == 1

@@ -6,29 +6,33 @@ sends (the documented choices of ``mynaemu/aps/base.py`` and spec Part A), and a
 the card must agree: counters equal (also after a restart from disk), security status equal and
 only for keys of the current application, answers in the status-word whitelist.
 
+The store under the card fails on demand (before or after its rename, in an attempt's decrement
+or in its reset), second handles are tried, and the card is reloaded; the machine checks that
+no key ever gives more wrong answers than its limit between two resets, and that no VERIFY
+answers 9000 (or 63Cx) unless that attempt's decrement had reached the disk first.
+
 Bounded for CI. Long runs: ``MYNAEMU_HYPOTHESIS_PROFILE=long`` (or ``soak``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
 import tempfile
-from functools import cache
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
-from mynaemu import Card, admin
+from mynaemu import Card, StateError, admin
 from mynaemu.profile import Profile
 
 from .cardkit import right_values, wrong_value
@@ -82,17 +86,16 @@ INVALID_VALUES = [b"123", b"12345", b"12a4", b"abc123", b"ABC12", b"ABCDEFGHIJKL
 SW = {name: bytes.fromhex(h) for name, h in {
     "wrong_length": "6700", "incompatible": "6981", "security": "6982", "blocked": "6984", "conditions": "6985",
     "no_ef": "6986", "wrong_data": "6A80", "not_found": "6A82", "no_record": "6A83", "p1p2": "6A86",
-    "no_data": "6A88", "offset": "6B00", "ins": "6D00"}.items()}
+    "no_data": "6A88", "offset": "6B00", "ins": "6D00", "memory": "6581"}.items()}
 
 
 def tries_sw(n: int) -> bytes:
     return bytes((0x63, 0xC0 | n))
 
 
-@cache
-def public_key(pem: str):
-    """The public half of a card key (parsed once per session)."""
-    return load_pem_private_key(pem.encode(), None).public_key()
+def public_key(private_key):
+    """The public half of a card key."""
+    return private_key.public_key()
 
 
 class Model:
@@ -149,16 +152,34 @@ class CardMachine(RuleBasedStateMachine):
         self.path = self.tmp / "card"
         shutil.copytree(self.template, self.path)
         self.card = Card.load(self.path)
+        self.card.store.fault = self._store_step
         self.m = Model(self.card)
-        self.whitelist = allowed_sws(max(self.m.limit.values()))
+        # 6581 too: this machine makes the disk fail (and predicts exactly when 6581 comes).
+        self.whitelist = allowed_sws(max(self.m.limit.values())) | {SW["memory"]}
         self.before = dict(self.m.tries)
         self.may_rise: set[str] = set()
+        self.writes: list[str] = []  # steps of the state writes of the command being sent
+        self.arm: tuple[int, str] | None = None  # (n-th write of the next command, step) to fail at
+        self.wrong_since_reset = {k: 0 for k in KEY_NAMES}
 
     def teardown(self) -> None:
+        self.card.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- plumbing ------------------------------------------------------------------------------
+    def _store_step(self, where: str) -> None:
+        """The store's fault hook: records every step; fails the armed one like a dying disk."""
+        self.writes.append(where)
+        if self.arm is not None and self.writes.count("open") == self.arm[0] and where == self.arm[1]:
+            self.arm = None
+            raise OSError(errno.EIO, "Input/output error (injected)")
+
+    def durable_writes(self) -> int:
+        """State writes of the last command that reached the disk (renamed; fsync of the dir aside)."""
+        return self.writes.count("renamed")
+
     def send(self, apdu: bytes) -> bytes:
+        self.writes = []
         resp = self.card.transmit(apdu)
         problem = check_answer(apdu, resp, self.whitelist)
         assert problem is None, f"{apdu.hex().upper()}: {problem}"
@@ -310,15 +331,40 @@ class CardMachine(RuleBasedStateMachine):
         if m.tries[key] == 0:  # a blocked key never matches, not even with the right value
             self.expect(apdu, SW["blocked"])
             return
-        if data == m.value[key] and m.value[key]:
+        right = data == m.value[key] and bool(m.value[key])
+        arm = self.arm
+        if arm is not None:
+            # The write the armed fault hits fails: before its rename nothing changed, after it
+            # the new state stands (and the card must have read it back). Either way: 6581.
+            n, step = arm
+            landed = step in ("renamed", "dir_synced")
+            if n == 1:  # the decrement: never compared
+                m.tries[key] -= landed
+                m.verified.discard(key)
+                self.expect(apdu, SW["memory"])
+                return
+            if n == 2 and right:  # the reset after a match
+                m.tries[key] = m.limit[key] if landed else m.tries[key] - 1
+                self.wrong_since_reset[key] = 0 if landed else self.wrong_since_reset[key]
+                self.may_rise.add(key)
+                m.verified.discard(key)
+                self.expect(apdu, SW["memory"])
+                return
+            self.arm = None  # a wrong attempt writes once: the second write's fault never fires
+        if right:
             m.tries[key] = m.limit[key]
             m.verified.add(key)
             self.may_rise.add(key)
             self.expect(apdu, OK)
+            assert self.durable_writes() == 2, f"9000 after {self.writes}: decrement and reset must both be durable"
+            self.wrong_since_reset[key] = 0
         else:
             m.tries[key] -= 1
             m.verified.discard(key)
             self.expect(apdu, tries_sw(m.tries[key]))
+            assert self.durable_writes() == 1, f"63Cx after {self.writes}: the decrement must be durable"
+            self.wrong_since_reset[key] += 1
+            assert self.wrong_since_reset[key] <= m.limit[key], f"{key}: more wrong answers than its limit"
 
     @rule(key=st.sampled_from(KEY_NAMES), kind=st.sampled_from(["right", "right", "right", "wrong", "empty", "issued", "lower"]),
           how=st.sampled_from(["select", "sfi", "sfi_here"]), reselect=st.booleans(), ext=st.booleans())
@@ -403,6 +449,7 @@ class CardMachine(RuleBasedStateMachine):
             else:
                 m.value[target] = value
                 m.tries[target] = m.limit[target]
+                self.wrong_since_reset[target] = 0
                 self.may_rise.add(target)
                 want = OK
         self.expect(apdu, want)
@@ -550,7 +597,7 @@ class CardMachine(RuleBasedStateMachine):
 
     # -- COMPUTE DIGITAL SIGNATURE / INTERNAL AUTHENTICATE -------------------------------------
     def _check_signature(self, ap: str, fid: int, scheme: int, data: bytes, resp: bytes) -> None:
-        pub = public_key(self.card.dir.key_pems[PROFILE.aps[ap].efs[fid].private_key])
+        pub = public_key(self.card.dir.keys[PROFILE.aps[ap].efs[fid].private_key])
         sig = resp[:-2]
         assert len(sig) == 256 and resp[-2:] == OK
         if scheme == 0x00:
@@ -640,7 +687,7 @@ class CardMachine(RuleBasedStateMachine):
                 want = SW["wrong_length"]
             else:
                 resp = self.send(apdu)
-                pub = public_key(self.card.dir.key_pems[spec.private_key])
+                pub = public_key(self.card.dir.keys[spec.private_key])
                 pub.verify(resp[:-2], data, padding.PKCS1v15(), hashes.SHA256())
                 assert resp[-2:] == OK
                 return
@@ -744,10 +791,46 @@ class CardMachine(RuleBasedStateMachine):
     @rule()
     def restart_from_disk(self) -> None:
         """A crash-free restart: load the card again; its counters must be the model's."""
+        self.card.close()
         self.card = Card.load(self.path)
+        self.card.store.fault = self._store_step
         self.m.clear()
         for k in KEY_NAMES:
             assert self.card.tries_left(k) == self.m.tries[k], f"{k} after restart"
+
+    @rule(key=st.sampled_from(KEY_NAMES), kind=st.sampled_from(["right", "right", "wrong"]),
+          write=st.sampled_from([1, 1, 2]), step=st.sampled_from(["open", "written", "synced", "renamed", "dir_synced"]))
+    def verify_on_failing_store(self, key: str, kind: str, write: int, step: str) -> None:
+        """VERIFY while the disk fails at one step of the attempt's first or second write."""
+        ap, fid = KEY_HOME[key]
+        if self.m.ap != ap:
+            self.select_ap_name(ap)
+        self.arm = (write, step)
+        try:
+            self._verify(0x00, 0x80 | fid, self._value(key, kind), None, False)
+        finally:
+            self.arm = None
+
+    @rule(key=st.sampled_from(KEY_NAMES), kind=st.sampled_from(["right", "wrong"]),
+          spelling=st.sampled_from(["same", "dot", "symlink"]))
+    def second_handle(self, key: str, kind: str, spelling: str) -> None:
+        """A second writable load is refused however the path is spelled; a read-only one never compares."""
+        path = {"same": self.path, "dot": self.path.parent / "." / self.path.name}.get(spelling)
+        if path is None:
+            path = self.tmp / "alias"
+            if not path.exists():
+                path.symlink_to(self.path)
+        with pytest.raises(StateError, match="already loaded"):
+            Card.load(path)
+        view = Card.load(path, read_only=True)
+        for k in KEY_NAMES:
+            assert view.tries_left(k) == self.m.tries[k], f"{k}: the view reads the disk"
+        ap, fid = KEY_HOME[key]
+        view.transmit(encode(0x00, 0xA4, 0x04, 0x0C, AIDS[ap]))
+        value = self._value(key, kind)
+        want = SW["blocked"] if self.m.tries[key] == 0 else SW["memory"]  # a blocked key is never compared either
+        assert view.transmit(encode(0x00, 0x20, 0x00, 0x80 | fid, value)) == want
+        assert view.tries_left(key) == self.m.tries[key]
 
     @precondition(lambda self: any(t < self.m.limit[k] for k, t in self.m.tries.items()))
     @rule(key=st.sampled_from(KEY_NAMES))
@@ -759,6 +842,7 @@ class CardMachine(RuleBasedStateMachine):
             return
         admin.unblock(self.card, key)
         self.m.tries[key] = self.m.limit[key]
+        self.wrong_since_reset[key] = 0
         self.may_rise.add(key)
 
     @rule(key=st.sampled_from(["auth", "sign", "text", "juki", "common", "text-a"]), data=st.data())
@@ -772,6 +856,7 @@ class CardMachine(RuleBasedStateMachine):
         new = data.draw(st.from_regex(FORMATS[spec.format].encode(), fullmatch=True), label="new value")
         admin.reset_pin(self.card, key, new.decode())
         self.m.value[key], self.m.tries[key] = new, self.m.limit[key]
+        self.wrong_since_reset[key] = 0
         self.may_rise.add(key)
 
     @rule(key=st.sampled_from(["auth", "sign"]), right=st.booleans(), data=st.data())
@@ -790,6 +875,7 @@ class CardMachine(RuleBasedStateMachine):
         admin.kiosk_reset(self.card, key, new.decode(), other.decode())
         m.tries[partner] = m.limit[partner]
         m.value[key], m.tries[key] = new, m.limit[key]
+        self.wrong_since_reset[key] = self.wrong_since_reset[partner] = 0
         self.may_rise |= {key, partner}
 
     # -- invariants ----------------------------------------------------------------------------

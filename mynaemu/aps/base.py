@@ -23,9 +23,11 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from .. import signing, sw
 from ..files import BinaryEf, Ef, OpaqueEf, PinEf, PrivateKeyEf, RecordEf
-from ..keys import KeyRing, Outcome, format_ok
+from ..keys import KeyRing, Outcome, StorageFailure, format_ok
 from ..profile import ApSpec
 
 _E = TypeVar("_E", bound=Ef)
@@ -191,9 +193,15 @@ class Application:
             return sw.WRONG_LENGTH
         name = ef.key
         keyring = self.keyring
-        if not data:  # the retry query: spends nothing, answers 63Cx even when verified (Part A.4)
+        if not data:  # the retry query: spends nothing, answers 63Cx even when verified
+            keyring.check_fresh()
             return TRIES_LEFT[keyring.keys[name].tries_left]
-        outcome = keyring.verify(name, data)
+        # One attempt: its decrement is durable before the value is looked at (keys.KeyRing.attempt).
+        try:
+            outcome = keyring.attempt(name, data)
+        except StorageFailure:
+            session.verified.discard(name)  # an attempt that did not succeed leaves the key unverified
+            raise
         if outcome is MATCH:
             session.verified.add(name)
             return OK
@@ -295,7 +303,9 @@ class Application:
         return obj[:le] + OK
 
 
-def build_efs(spec: ApSpec, content: dict[str, bytes | list[bytes]], key_loader: Callable[[str], Callable]) -> dict[int, Ef]:
+def build_efs(
+    spec: ApSpec, content: dict[str, bytes | list[bytes]], private_key: Callable[[str], rsa.RSAPrivateKey]
+) -> dict[int, Ef]:
     """Make the EF objects of one application from its profile and the issued content."""
     efs: dict[int, Ef] = {}
     for fid, ef in spec.efs.items():
@@ -312,7 +322,7 @@ def build_efs(spec: ApSpec, content: dict[str, bytes | list[bytes]], key_loader:
         elif ef.type == "pin":
             efs[fid] = PinEf(ef)
         elif ef.type == "rsa":
-            efs[fid] = PrivateKeyEf(ef, key_loader(ef.private_key))
+            efs[fid] = PrivateKeyEf(ef, private_key(ef.private_key))
         else:
             efs[fid] = OpaqueEf(ef)
     return efs
