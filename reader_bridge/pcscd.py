@@ -283,7 +283,7 @@ class PcscdHarness:
             else:
                 self._spawn()
         self._wait_ready()
-        if self.owned and self.isolate and self.netns is None:
+        if self.owned and self.exposed is None and self.netns is None:
             self._take_netns_of(self.process.pid)  # type: ignore[union-attr]
         return self
 
