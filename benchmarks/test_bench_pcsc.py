@@ -28,9 +28,14 @@ from reader_bridge.pcscd import (
     pcsc_context,
     pcsc_unavailable_reason,
     reader_name,
+    use_private_socket,
     wait_for_card,
 )
 from reader_bridge.vpcd import VirtualReaderSet
+
+# A private pcscd (own network and mount namespaces), as in tests/bridge/conftest.py: its socket
+# must be exported before this process's first PC/SC call. The same one per process.
+use_private_socket()
 
 pytestmark = pytest.mark.pcsc
 
@@ -40,20 +45,22 @@ ECHO_APDU = bytes.fromhex("00A4040C0AD392F000260100000001")
 
 @pytest.fixture(scope="module")
 def pcscd_harness() -> Iterator[PcscdHarness]:
-    """pcscd with its vpcd readers (started here unless one runs)."""
-    reason = pcsc_unavailable_reason()
+    """The process's private pcscd with its vpcd readers (started here unless it runs already)."""
+    from reader_bridge.netns import namespaces_unavailable_reason
+
+    reason = pcsc_unavailable_reason() or namespaces_unavailable_reason()
     if reason is not None:
         if os.environ.get("MYNAEMU_REQUIRE_PCSC") == "1":
             pytest.fail(f"MYNAEMU_REQUIRE_PCSC=1 but {reason}")
         pytest.skip(reason)
-    with PcscdHarness() as harness:
+    with PcscdHarness(private_socket=True) as harness:
         yield harness
 
 
 @pytest.fixture(scope="module")
 def reader_set(pcscd_harness: PcscdHarness) -> Iterator[VirtualReaderSet]:
     """The module's vpcd slots; every card is removed (and seen EMPTY) at the end."""
-    readers = VirtualReaderSet()
+    readers = VirtualReaderSet(netns=pcscd_harness.netns)
     yield readers
     slots = list(readers.links)
     readers.close()

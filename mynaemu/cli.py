@@ -276,7 +276,7 @@ def control_from_stdin(cards: dict[int, Card], out=None):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from reader_bridge.serve import reader_name, serve
+    from reader_bridge.serve import ServeError, reader_name, refuse_same_card_twice, serve
 
     if args.slot < 0:
         raise UsageError(f"--slot {args.slot}: a vpcd slot is 0 or more (Debian's vpcd has slots 0 and 1)")
@@ -287,6 +287,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"Issued the demo card in {dirs[0]}; its secrets (shown this once):")
         for name, value in issued.secrets.items():
             print(f"  {name:<5} {value}")
+    try:
+        refuse_same_card_twice(dirs)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     interface = "contactless" if args.contactless else "contact"
     cards = {args.slot + i: Card.load(d, interface=interface) for i, d in enumerate(dirs)}
 
@@ -306,6 +310,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve(cards, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready, control=control)
     except ValueError as exc:  # e.g. a slot this vpcd does not have
         raise UsageError(str(exc)) from None
+    except ServeError as exc:  # an occupied or lost slot: said in one line, exit 1
+        print(f"mynaemu serve: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         for card in cards.values():
             card.close()

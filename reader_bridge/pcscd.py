@@ -13,25 +13,35 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
+from . import netns
+from .netns import NamespaceError, NetNamespace, namespaces_unavailable_reason
+
 __all__ = [
     "PCSCD_SOCKET",
     "PNP_NOTIFICATION",
+    "SOCKET_ENV",
     "VPCD_FRIENDLY_NAME",
     "PcscError",
     "PcscdHarness",
+    "client_socket",
     "find_pcscd",
     "find_vpcd_readers",
     "list_readers",
     "pcsc_unavailable_reason",
+    "pcscd_pid",
     "pcscd_running",
     "reader_name",
+    "use_private_socket",
     "wait_for_card",
 ]
 
@@ -39,6 +49,10 @@ PCSCD_SOCKET = Path("/run/pcscd/pcscd.comm")
 VPCD_FRIENDLY_NAME = "Virtual PCD"
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 PNP_NOTIFICATION = "\\\\?PnP?\\Notification"
+# libpcsclite (clients only; pcscd itself always uses PCSCD_SOCKET) reads this once per process.
+SOCKET_ENV = "PCSCLITE_CSOCK_NAME"
+_first_socket: str | None = None  # the socket name this process's libpcsclite has settled on
+_private_socket: Path | None = None
 
 
 def reader_name(slot: int, readers: Sequence[str] | None = None) -> str:
@@ -73,15 +87,55 @@ def pcsc_unavailable_reason() -> str | None:
     return None
 
 
-def pcscd_running(socket_path: Path = PCSCD_SOCKET) -> bool:
+def client_socket() -> Path:
+    """The pcscd socket PC/SC clients of this process use (``PCSCLITE_CSOCK_NAME`` or the default)."""
+    return Path(os.environ.get(SOCKET_ENV) or PCSCD_SOCKET)
+
+
+def use_private_socket() -> Path:
+    """This process's private pcscd socket path, exported as ``PCSCLITE_CSOCK_NAME``.
+
+    One per process (libpcsclite reads the variable once): a fresh directory that a private
+    pcscd gets bind-mounted over /run/pcscd; removed at exit. Call it before the first PC/SC
+    call; afterwards it raises, since libpcsclite would keep talking to the other socket.
+    """
+    global _private_socket
+    if _private_socket is None:
+        path = Path(tempfile.mkdtemp(prefix="mynaemu-pcscd-")) / PCSCD_SOCKET.name
+        if _first_socket is not None and _first_socket != str(path):
+            path.parent.rmdir()
+            raise RuntimeError(f"this process already uses the pcscd socket {_first_socket}; "
+                               f"a private pcscd needs {SOCKET_ENV} set before the first PC/SC call")
+        path.parent.chmod(0o755)  # like /run/pcscd: clients of any user may connect
+        atexit.register(shutil.rmtree, path.parent, True)
+        os.environ[SOCKET_ENV] = str(path)
+        _private_socket = path
+    return _private_socket
+
+
+def pcscd_running(socket_path: Path | None = None) -> bool:
     """True when a pcscd accepts connections on its socket (a stale file does not count)."""
+    return pcscd_pid(socket_path) is not None
+
+
+def pcscd_pid(socket_path: Path | None = None) -> int | None:
+    """Process id of the pcscd answering on ``socket_path`` (default :func:`client_socket`), or None."""
+    path = str(socket_path or client_socket())
+    deadline = time.monotonic() + 1.0
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
-        try:
-            sock.connect(str(socket_path))
-        except OSError:
-            return False
-    return True
+        while True:
+            try:
+                sock.connect(path)
+                break
+            except BlockingIOError:  # a full listen backlog (EAGAIN): pcscd is busy, not gone
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.01)
+            except OSError:
+                return None
+        pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return pid
 
 
 def _scard() -> ModuleType:
@@ -102,7 +156,10 @@ class PcscError(RuntimeError):
 @contextlib.contextmanager
 def pcsc_context() -> Iterator[Any]:
     """A fresh PC/SC context, released on exit."""
+    global _first_socket
     sc = _scard()
+    if _first_socket is None:
+        _first_socket = str(client_socket())
     hresult, ctx = sc.SCardEstablishContext(sc.SCARD_SCOPE_USER)
     if hresult != sc.SCARD_S_SUCCESS:
         raise PcscError("SCardEstablishContext", hresult)
@@ -170,6 +227,15 @@ def wait_for_card(reader: str, present: bool = True, timeout: float = 10.0) -> b
 class PcscdHarness:
     """Makes sure pcscd runs with its vpcd readers; stops only a pcscd it started itself.
 
+    A pcscd it starts runs in a private network namespace (:attr:`netns`): vpcd's ports are
+    reachable only by links created with that namespace (``VpcdLink(netns=...)``), never by
+    another local process. With ``private_socket=True`` it also gets a private mount namespace
+    with its own /run/pcscd: its socket is :func:`use_private_socket` (``PCSCLITE_CSOCK_NAME``)
+    and it neither sees nor clashes with a system pcscd (the same for any other socket path set
+    in ``PCSCLITE_CSOCK_NAME``: pcscd gets that directory as its /run/pcscd). A running pcscd it finds is used as
+    it is; :attr:`netns` is then its namespace when that is not ours. :attr:`exposed` says why
+    vpcd is reachable from our own namespace (None when it is not).
+
     Never passes ``--auto-exit``. ``debug``/``apdu`` add pcscd's ``--debug``/``--apdu`` output
     to ``log_path`` (beware: ``--apdu`` logs PINs in clear).
     """
@@ -182,13 +248,20 @@ class PcscdHarness:
         debug: bool = False,
         apdu: bool = False,
         start_timeout: float = 10.0,
+        isolate: bool = True,
+        private_socket: bool = False,
     ) -> None:
         self.pcscd = pcscd
         self.log_path = Path(log_path) if log_path is not None else None
         self.debug = debug
         self.apdu = apdu
         self.start_timeout = start_timeout
+        self.isolate = isolate
+        self.private_socket = private_socket
+        self.socket_path = use_private_socket() if private_socket else client_socket()
         self.process: subprocess.Popen[bytes] | None = None
+        self.netns: NetNamespace | None = None
+        self.exposed: str | None = None
         self._log: IO[bytes] | None = None
 
     @property
@@ -196,12 +269,52 @@ class PcscdHarness:
         """True while a pcscd started by this harness is running."""
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def isolated(self) -> bool:
+        """True when vpcd listens in a network namespace other than ours."""
+        return self.netns is not None
+
     def start(self) -> PcscdHarness:
         """Start pcscd unless one already answers; wait until vpcd readers are listed."""
-        if not self.owned and not pcscd_running():
-            self._spawn()
+        if not self.owned:
+            pid = pcscd_pid(self.socket_path)
+            if pid is not None:
+                self._adopt(pid)
+            else:
+                self._spawn()
         self._wait_ready()
+        if self.owned and self.exposed is None and self.netns is None:
+            self._take_netns_of(self.process.pid)  # type: ignore[union-attr]
         return self
+
+    def _adopt(self, pid: int) -> None:
+        """Use the running pcscd ``pid``: find the network namespace its vpcd listens in."""
+        try:
+            ns = NetNamespace.of_process(pid)
+        except NamespaceError as exc:
+            self.exposed = f"pcscd (pid {pid}) was not started by mynaemu and {exc}"
+            return
+        if ns.is_own:
+            ns.close()
+            self.exposed = f"pcscd (pid {pid}) was not started by mynaemu and runs in this network namespace"
+            return
+        if self.netns is not None and self.netns.inode == ns.inode:
+            ns.close()
+        else:
+            self._replace_netns(ns)
+        self.exposed = None
+
+    def _take_netns_of(self, pid: int) -> None:
+        ns = NetNamespace.of_process(pid)
+        if ns.is_own:  # the launcher did not move it: never pretend it is private
+            ns.close()
+            raise NamespaceError(0, f"pcscd (pid {pid}) is in our own network namespace")
+        self._replace_netns(ns)
+
+    def _replace_netns(self, ns: NetNamespace) -> None:
+        if self.netns is not None:
+            self.netns.close()
+        self.netns = ns
 
     def _spawn(self) -> None:
         binary = self.pcscd or find_pcscd()
@@ -212,10 +325,34 @@ class PcscdHarness:
             args.append("--debug")
         if self.apdu:
             args.append("--apdu")
+        launcher: list[str] = []
+        pass_fds: tuple[int, ...] = ()
+        private_socket = self.socket_path != PCSCD_SOCKET
+        reason = namespaces_unavailable_reason() if self.isolate or private_socket else "isolation is off"
+        if private_socket:
+            # pcscd always binds /run/pcscd/pcscd.comm: give it the socket's directory there.
+            if self.socket_path.name != PCSCD_SOCKET.name:
+                raise ValueError(f"{SOCKET_ENV}={self.socket_path}: pcscd can only serve a socket named {PCSCD_SOCKET.name}")
+            if reason is not None:
+                raise NamespaceError(0, f"cannot start pcscd on {self.socket_path}: {reason}")
+            launcher += ["--bind", f"{self.socket_path.parent}:{PCSCD_SOCKET.parent}"]
+        if self.isolate and reason is None:
+            if self.netns is None:
+                launcher += ["--net", "new"]
+            else:  # a restart: the same namespace, so the links' handle stays valid
+                launcher += ["--net", str(self.netns.fd)]
+                pass_fds = (self.netns.fd,)
+            self.exposed = None
+        else:
+            self.exposed = f"mynaemu started pcscd in this network namespace ({reason})"
+        if launcher:
+            # The launcher by file and with -I: it needs only the standard library, and the
+            # caller's PYTHON* variables must not steer a process that runs as root.
+            args = [sys.executable, "-I", netns.__file__, *launcher, "--", *args]
         out: IO[bytes] | int = subprocess.DEVNULL
         if self.log_path is not None:
             self._log = out = open(self.log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, pass_fds=pass_fds)
         atexit.register(self.stop)
 
     def _wait_ready(self) -> None:
@@ -243,7 +380,7 @@ class PcscdHarness:
             interval = min(interval * 2, 0.2)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the pcscd this harness started (no-op otherwise)."""
+        """Terminate the pcscd this harness started (no-op otherwise); the namespace handle stays."""
         proc = self.process
         if proc is not None:
             if proc.poll() is None:
@@ -255,6 +392,13 @@ class PcscdHarness:
                     proc.wait()
             self._forget()
 
+    def close(self) -> None:
+        """Stop the pcscd this harness started and release the namespace handle."""
+        self.stop()
+        if self.netns is not None:
+            self.netns.close()
+            self.netns = None
+
     def kill(self) -> None:
         """SIGKILL the pcscd this harness started (a crash, for tests)."""
         if not self.owned:
@@ -265,11 +409,15 @@ class PcscdHarness:
         self._forget()
 
     def restart(self) -> PcscdHarness:
-        """Stop the pcscd this harness started and start a new one."""
-        if not self.owned and pcscd_running():
+        """Stop the pcscd this harness started and start a new one (in the same namespace)."""
+        if not self.owned and pcscd_running(self.socket_path):
             raise RuntimeError("pcscd was started outside this harness; not restarting it")
         self.stop()
         return self.start()
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for PC/SC client subprocesses of this pcscd (the socket path)."""
+        return {SOCKET_ENV: str(self.socket_path)}
 
     def _forget(self) -> None:
         self.process = None
@@ -286,4 +434,4 @@ class PcscdHarness:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()

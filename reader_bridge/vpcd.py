@@ -18,6 +18,11 @@ Choices made here:
   get ATR is answered with the last ATR seen (empty before any, which vpcd reads as "no card").
 * Connection failures (no pcscd, pcscd restarting) are retried with bounded exponential
   backoff until the link is closed.
+* With ``netns`` (a :class:`reader_bridge.netns.NetNamespace`), the socket is created inside
+  that network namespace: the private one of a pcscd that only the bridge can reach.
+* ``last_frame`` (monotonic time of the last frame from vpcd) tells a watcher whether vpcd
+  still talks to this link: a link that is connected but never spoken to waits in vpcd's
+  accept queue while another process holds the slot.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from . import CardLike
+    from .netns import NetNamespace
     from .trace import ApduTrace
 
 __all__ = [
@@ -96,7 +102,8 @@ class VpcdLink:
     """Connects one card to one vpcd slot and serves it until :meth:`close`.
 
     ``run()`` blocks (use :meth:`start` for a daemon thread). ``connected`` is set while a
-    TCP connection is up; ``connections`` counts successful connects.
+    TCP connection is up; ``connections`` counts successful connects; ``last_frame`` is the
+    ``time.monotonic()`` of the last frame received from vpcd (0.0 before any).
     """
 
     def __init__(
@@ -110,6 +117,7 @@ class VpcdLink:
         backoff_initial: float = 0.05,
         backoff_max: float = 1.0,
         connect_timeout: float = 2.0,
+        netns: NetNamespace | None = None,
     ) -> None:
         if slot < 0:
             raise ValueError("slot must be >= 0")
@@ -121,6 +129,7 @@ class VpcdLink:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
+        self.netns = netns
         self.connected = threading.Event()
         self.connections = 0
         self.peer: tuple[str, int] | None = None
@@ -129,6 +138,8 @@ class VpcdLink:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._last_atr = b""
+        self.started_at = time.monotonic()
+        self.last_frame = 0.0
 
     def __repr__(self) -> str:
         return f"VpcdLink(slot={self.slot}, {self.host}:{self.port}, connected={self.connected.is_set()})"
@@ -139,6 +150,7 @@ class VpcdLink:
         """Run the link in a daemon thread; returns self."""
         if self._thread is not None:
             raise RuntimeError("link already started")
+        self.started_at = time.monotonic()
         self._thread = threading.Thread(target=self.run, name=f"vpcd-slot{self.slot}", daemon=True)
         self._thread.start()
         return self
@@ -187,8 +199,9 @@ class VpcdLink:
     # -- connection ----------------------------------------------------------------------------
 
     def _connect(self) -> socket.socket | None:
+        connect = socket.create_connection if self.netns is None else self.netns.create_connection
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+            sock = connect((self.host, self.port), self.connect_timeout)
         except OSError as exc:
             log.debug("slot %d: vpcd at %s:%d not reachable: %s", self.slot, self.host, self.port, exc)
             return None
@@ -226,10 +239,13 @@ class VpcdLink:
         """Answer vpcd until the connection ends; True if at least one frame was valid."""
         reader = _FrameReader(sock)
         handle = self._handle
+        clock = time.monotonic
         served = False
         try:
             while True:
-                answer = handle(reader.read_frame())
+                frame = reader.read_frame()
+                self.last_frame = clock()
+                answer = handle(frame)
                 served = True
                 if answer is not None:
                     sock.sendall(len(answer).to_bytes(2, "big") + answer)
@@ -307,9 +323,11 @@ class VirtualReaderSet:
         host: str = "127.0.0.1",
         base_port: int = VPCD_PORT,
         trace: ApduTrace | None = None,
+        netns: NetNamespace | None = None,
         **link_options: float,
     ) -> None:
         self.host = host
+        self.netns = netns
         self.base_port = base_port
         self.trace = trace
         self._link_options = link_options
@@ -317,16 +335,24 @@ class VirtualReaderSet:
         self._lock = threading.Lock()
 
     def insert(self, slot: int, card: CardLike) -> VpcdLink:
-        """Put ``card`` in ``slot`` (connects to vpcd port base_port + slot)."""
+        """Put ``card`` in ``slot`` (connects to vpcd port base_port + slot).
+
+        Refuses a taken slot and a card already in another slot: two links on one card would
+        interleave two readers' sessions on one security status.
+        """
         with self._lock:
             if slot in self._links:
                 raise ValueError(f"slot {slot} already holds a card")
+            for other, link in self._links.items():
+                if link.card is card:
+                    raise ValueError(f"this card is already in slot {other}; a card can be in one slot only")
             link = VpcdLink(
                 card,
                 slot,
                 host=self.host,
                 port=self.base_port + slot,
                 trace=self.trace,
+                netns=self.netns,
                 **self._link_options,  # type: ignore[arg-type]
             )
             self._links[slot] = link

@@ -300,8 +300,11 @@ def test_every_entry_point_defaults_to_loopback() -> None:
         build_parser().parse_args(["serve", "--host", "0.0.0.0"])
 
 
-def _tcp_sockets(pid: int | str) -> list[tuple[str, int, str, int, str]]:
-    """(local ip, port, remote ip, port, state) of every TCP socket process ``pid`` holds."""
+def _tcp_sockets(pid: int | str, net_of: int | str | None = None) -> list[tuple[str, int, str, int, str]]:
+    """(local ip, port, remote ip, port, state) of every TCP socket process ``pid`` holds.
+
+    Only sockets of the network namespace that process ``net_of`` (default ``pid``) is in.
+    """
     inodes = set()
     fd_dir = Path(f"/proc/{pid}/fd")
     for fd in fd_dir.iterdir():
@@ -313,7 +316,7 @@ def _tcp_sockets(pid: int | str) -> list[tuple[str, int, str, int, str]]:
             inodes.add(link[8:-1])
     out = []
     for table in ("tcp", "tcp6"):
-        path = Path(f"/proc/{pid}/net/{table}")
+        path = Path(f"/proc/{net_of or pid}/net/{table}")
         if not path.exists():
             continue
         for row in path.read_text().splitlines()[1:]:
@@ -358,11 +361,12 @@ def test_link_in_this_process_listens_nowhere_and_connects_to_loopback(card: Car
 @pytest.mark.pcsc
 def test_served_session_listens_nowhere_and_leaks_nothing(card_dir: Path, tmp_path: Path) -> None:
     """`mynaemu serve --trace` with pcscd: no listening socket of its own, no secret in trace or output."""
-    from reader_bridge.pcscd import pcsc_unavailable_reason
+    from reader_bridge.pcscd import pcsc_unavailable_reason, pcscd_pid, use_private_socket
 
     reason = pcsc_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
+    use_private_socket()  # serve's pcscd: this session's private one, never the system's
     from smartcard.System import readers
 
     trace = tmp_path / "trace.jsonl"
@@ -381,7 +385,8 @@ def test_served_session_listens_nowhere_and_leaks_nothing(card_dir: Path, tmp_pa
                 if m := re.search(r"in reader '([^']+)'", line):
                     name = m.group(1)
         assert name is not None, "".join(out + err)
-        sockets = _tcp_sockets(proc.pid)
+        # The link's socket lives in pcscd's private network namespace (the bridge's isolation).
+        sockets = _tcp_sockets(proc.pid) + _tcp_sockets(proc.pid, net_of=pcscd_pid())
         assert [s for s in sockets if s[4] == "LISTEN"] == [], sockets
         assert sockets and all(s[0] == "127.0.0.1" == s[2] for s in sockets), sockets
         card = Card.load(card_dir, read_only=True)  # the served process is its writer

@@ -1,4 +1,10 @@
-"""Fixtures for the PC/SC bridge tests: a tiny canned card, a real pcscd, reader slots."""
+"""Fixtures for the PC/SC bridge tests: a tiny canned card, a real pcscd, reader slots.
+
+The session's pcscd is private: its own network namespace (only our links reach vpcd) and
+its own mount namespace with a private /run/pcscd, so it never meets a system pcscd or another
+engineer's. Its socket is exported as ``PCSCLITE_CSOCK_NAME`` at import, before any PC/SC call
+(libpcsclite reads it once); subprocesses (``mynaemu serve``, OpenSC, pcsc_scan) inherit it.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +17,19 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from reader_bridge.netns import namespaces_unavailable_reason
 from reader_bridge.pcscd import (
     PcscdHarness,
     find_vpcd_readers,
     pcsc_unavailable_reason,
     reader_name,
+    use_private_socket,
     wait_for_card,
 )
 from reader_bridge.vpcd import VirtualReaderSet
 
 CANNED_ATR = bytes.fromhex("3BE000FF8131FE4514")
+PRIVATE_SOCKET = use_private_socket()
 
 
 class CannedCard:
@@ -142,16 +151,17 @@ def fake_vpcd() -> Iterator[FakeVpcd]:
 
 @pytest.fixture(scope="session")
 def pcscd() -> Iterator[PcscdHarness]:
-    """A running pcscd with vpcd readers (started here unless one runs already)."""
-    reason = pcsc_unavailable_reason()
+    """This session's private pcscd with vpcd readers (see the module docstring)."""
+    reason = pcsc_unavailable_reason() or namespaces_unavailable_reason()
     if reason is not None:
         if os.environ.get("MYNAEMU_REQUIRE_PCSC") == "1":
             pytest.fail(f"MYNAEMU_REQUIRE_PCSC=1 but {reason}")
         pytest.skip(reason)
-    harness = PcscdHarness()
+    harness = PcscdHarness(private_socket=True)
     harness.start()
+    assert harness.isolated and harness.socket_path == PRIVATE_SOCKET
     yield harness
-    harness.stop()
+    harness.close()
 
 
 class Slots:
@@ -184,7 +194,7 @@ def make_slots(pcscd: PcscdHarness) -> Iterator[Callable[..., Slots]]:
     made: list[Slots] = []
 
     def _make(**options: object) -> Slots:
-        made.append(Slots(VirtualReaderSet(**options)))  # type: ignore[arg-type]
+        made.append(Slots(VirtualReaderSet(netns=pcscd.netns, **options)))  # type: ignore[arg-type]
         return made[-1]
 
     yield _make
