@@ -224,7 +224,7 @@ class StateStore:
             if missing:
                 raise self._fail(f"has no state for key(s) {', '.join(missing)} of the card's profile")
             if unknown:
-                raise self._fail(f"has key(s) {', '.join(unknown)} that the card's profile does not know")
+                raise self._fail(f"has key(s) {', '.join(unknown)} that the profile does not know")
         out: dict[str, dict] = {}
         for name, k in keys.items():
             where = f"keys.{name}"

@@ -308,7 +308,7 @@ def test_pcscd_restart_keeps_durable_state_and_clears_security_status(how, pcscd
     assert public.recover_data_from_signature(rsp[:-2], padding.PKCS1v15(), None) == b"\x01\x02\x03"
 
     # On disk: counters as the card answered them, and the new PIN.
-    assert {k: v["tries_left"] for k, v in Card.load(card_dir).key_status().items() if k in ("auth", "sign")} == {
+    assert {k: v["tries_left"] for k, v in Card.load(card_dir, read_only=True).key_status().items() if k in ("auth", "sign")} == {
         "auth": 3,
         "sign": 4,
     }
@@ -356,7 +356,7 @@ def test_link_cut_with_a_wrong_verify_in_flight(how, slots, clients, card_dir):
     assert link.connections == 2
     assert client.transmit(select_ef("001B")) == OK
     assert client.transmit(QUERY) == tries(4)  # counted, although the client never saw 63C4
-    assert Card.load(card_dir).tries_left("sign") == 4
+    assert Card.load(card_dir, read_only=True).tries_left("sign") == 4
 
 
 @pytest.mark.parametrize("how", ["drop", "close"])
@@ -421,7 +421,7 @@ def test_link_cut_under_a_transmit_loop(how, slots, clients, card_dir, body):
     assert link.connections == 4
     assert client.transmit(select_ef("0018")) == OK
     assert client.transmit(QUERY) == tries(2)
-    assert Card.load(card_dir).tries_left("auth") == 2
+    assert Card.load(card_dir, read_only=True).tries_left("auth") == 2
 
 
 def test_link_cut_clears_the_security_status(slots, clients, card_dir):
@@ -600,6 +600,6 @@ def test_apdu_flood(slots, clients, card_dir, body):
     assert wrong == []
     assert sent >= len(fixed) + 1  # (the rate is the soak script's and the benchmarks' business)
     assert card.key_status() == counters_before
-    assert Card.load(card_dir).key_status() == counters_before
+    assert Card.load(card_dir, read_only=True).key_status() == counters_before
     assert (card_dir / "state.json").read_bytes() == state_before  # nothing was written
     assert link.connections == 1

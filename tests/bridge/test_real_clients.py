@@ -324,7 +324,7 @@ def test_wrong_pin_through_pyscard_costs_exactly_one_try(served: Served, scard_c
     assert conn.transmit("00200080") == b"\x63\xc3"  # the retry query costs nothing
     assert conn.transmit(verify_apdu("9999")) == b"\x63\xc2"
     assert card.tries_left("auth") == 2
-    assert Card.load(served.card_dir).tries_left("auth") == 2  # durable before the answer
+    assert Card.load(served.card_dir, read_only=True).tries_left("auth") == 2  # durable before the answer
     assert conn.transmit("00200080") == b"\x63\xc2"
     assert card.tries_left("auth") == 2
     assert card.tries_left("sign") == 5
@@ -686,7 +686,7 @@ def test_mynaemu_serve_end_to_end(pcscd, card_dir: Path, tmp_path: Path, _data_d
     assert "00A4040C0A" + AID["jpki"] in commands
     assert commands.count("0020008004********") == 2
     assert "31323334" not in text and "39393939" not in text
-    assert Card.load(card_dir).tries_left("auth") == 2
+    assert Card.load(card_dir, read_only=True).tries_left("auth") == 2
 
 
 def test_mynaemu_serve_issues_the_demo_card_once(pcscd, issued_template, _data_dir: Path, tmp_path: Path, scard_connect) -> None:

@@ -66,5 +66,5 @@ def test_serve_two_cards_and_remove_one_on_demand(pcscd, issued_template, card_d
             proc.wait(10)
     for name in names:
         wait_for_card(name, present=False, timeout=10)
-    assert Card.load(card_dir).tries_left("auth") == 2
-    assert Card.load(second).tries_left("auth") == 3
+    assert Card.load(card_dir, read_only=True).tries_left("auth") == 2
+    assert Card.load(second, read_only=True).tries_left("auth") == 3
