@@ -7,8 +7,8 @@ One line per exchange::
 
 and one per link/power event (``{"ts", "slot", "event"}``). The command data of VERIFY
 (INS 20/21), CHANGE REFERENCE DATA (INS 24), RESET RETRY COUNTER (INS 2C) and JICSAP CHANGE
-KEY (INS 32) in any class is replaced by ``**`` per byte; the header, Lc and Le stay (the one rule of ``mynaemu.redact``, which also covers the
-odd-INS forms and INS 32 in any class). Tracing costs nothing when off: links hold ``trace=None``.
+KEY (INS 32) in any class, malformed lengths included, is replaced by ``**`` per byte; the
+header, Lc and Le stay (the one rule of ``mynaemu.redact``). Tracing costs nothing when off: links hold ``trace=None``.
 A trace file holds whole READ responses (My Number, name, address, face image), so it is created
 0600 whatever the umask, and an existing one is made 0600 before anything is appended.
 """
