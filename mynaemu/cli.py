@@ -311,6 +311,23 @@ def cmd_admin(args: argparse.Namespace) -> int:
         card.close()
 
 
+def _check_issued_by(card: Card, authority) -> None:
+    """Refuse to suspend a card under an authority that did not sign its certificates.
+
+    Every emulated authority has the same names, so only the signature tells them apart.
+    """
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    der = card.dir.content.get("jpki.auth_cert", b"")
+    try:
+        x509.load_der_x509_certificate(der).verify_directly_issued_by(authority.auth_ca_certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        raise RuntimeFailure(f"{card.dir.path}: its auth certificate was not issued by the authority in "
+                             f"{authority.directory}; run with the MYNAEMU_DATA_DIR the card was issued under "
+                             "(nothing was changed)") from None
+
+
 def _admin_action(card: Card, args: argparse.Namespace, new: str, other: str) -> int:
     if args.action == "unblock":
         admin.unblock(card, args.key)
@@ -329,8 +346,10 @@ def _admin_action(card: Card, args: argparse.Namespace, new: str, other: str) ->
         if not (where / "authority.json").exists():
             raise RuntimeFailure(f"{where}: no emulated authority here; run with the MYNAEMU_DATA_DIR the card "
                                  "was issued under")
+        authority = Authority.load(where)
+        _check_issued_by(card, authority)
         try:
-            crls = suspend(card, Authority.load(where))
+            crls = suspend(card, authority)
         except StateError as exc:
             if "not issued by this authority" in str(exc):
                 raise RuntimeFailure(f"{exc}; run with the MYNAEMU_DATA_DIR the card was issued under "
