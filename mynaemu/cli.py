@@ -397,7 +397,10 @@ def _reader_transmit(name: str):
 
 
 def _replay_variables(args: argparse.Namespace) -> dict[str, object]:
-    """Variables from --var-file, then --var (later ones win), then the secrets' environment variables."""
+    """Variables from --var-file, then --var (later ones win), then (for a reader) the secrets' environment.
+
+    Against an emulated card its own values are used unless a variable is given explicitly.
+    """
     items: list[tuple[str, str]] = []
     if args.var_file is not None:
         if args.var_file == "-":
@@ -427,7 +430,7 @@ def _replay_variables(args: argparse.Namespace) -> dict[str, object]:
         _remember(value)
         variables[name] = value
     for var, key in SECRET_VARS.items():
-        if var not in variables and os.environ.get(SECRET_ENV[key]):
+        if args.reader is not None and var not in variables and os.environ.get(SECRET_ENV[key]):
             variables[var] = _remember(os.environ[SECRET_ENV[key]])
     return variables
 
