@@ -5,6 +5,7 @@ The argument form stays (for tests and demos) and is documented as readable by o
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import pty
@@ -208,13 +209,16 @@ def test_every_secret_option_has_a_file_form_and_an_env_var_and_the_argv_form_is
         assert option in readme, option
     assert "/proc/PID/cmdline" in readme and "other local users" in readme
     parser = build_parser()
-    helps = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    def subcommands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    helps = subcommands(parser)
     def text(p) -> str:  # argparse wraps help lines
         return " ".join(p.format_help().split())
 
     issue_help = text(helps["issue"])
     assert issue_help.count("argv is readable by other local users") == 4
-    admin_help = helps["admin"]._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    admin_help = subcommands(helps["admin"])
     assert "argv is readable" in text(admin_help["reset-pin"])
     assert text(admin_help["kiosk-reset"]).count("argv is readable") == 2
     assert "argv is readable" in text(helps["replay"])
