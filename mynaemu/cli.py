@@ -1,9 +1,21 @@
-"""The ``mynaemu`` command: issue, inspect, script, administer and serve emulated cards."""
+"""The ``mynaemu`` command: issue, inspect, script, administer and serve emulated cards.
+
+Secrets (PINs, passwords, replay variables) can be given four ways, first found wins: as an
+argument (readable by other local users in /proc/PID/cmdline, so for tests and demos), from a file
+(``--auth-pin-file F``, ``-`` = stdin, first line), from an environment variable (``SECRET_ENV``),
+or, when a value is needed and stdin is a terminal, from a prompt that does not echo.
+
+Every error is one line on stderr, ``mynaemu COMMAND: error: ...``: exit code 2 for a usage
+error (a bad option or value, a card directory that cannot be used), 1 for a runtime failure (a
+full disk, no pcscd, a closed pipe). Secrets never appear in an error message.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -15,17 +27,103 @@ from pathlib import Path
 from . import admin, sw
 from .card import Card
 from .issuance import IssuanceError, issue_card, persona_from_json
+from .keys import StorageFailure
+from .persona import MEIJI_START
+from .private_files import make_private_dirs
 from .profile import ProfileError
-from .redact import mask_command
+from .redact import mask_command, mask_hex_text, scrub
 from .state import StateError
 
 KEY_NAMES = ("auth", "sign", "text", "juki", "common", "text-a", "text-b", "visual-a", "visual-b", "visual-birth")
-MEIJI_START = date(1868, 1, 25)
 SEXES = {"male": "1", "m": "1", "1": "1", "female": "2", "f": "2", "2": "2", "n/a": "9", "9": "9"}
 
 
+# Environment variables that hold secrets (documented in README.md, "Secrets").
+SECRET_ENV = {
+    "auth": "MYNAEMU_AUTH_PIN",
+    "sign": "MYNAEMU_SIGN_PIN",
+    "text": "MYNAEMU_TEXT_PIN",
+    "juki": "MYNAEMU_JUKI_PIN",
+    "new": "MYNAEMU_NEW_VALUE",
+    "other": "MYNAEMU_OTHER_VALUE",
+}
+# Transcript variables that are secrets, and the secret each is (for the env and the prompt).
+SECRET_VARS = {"auth_pin": "auth", "sign_pin": "sign", "text_pin": "text", "juki_pin": "juki", "common_pin": "juki"}
+MAX_SECRET_FILE = 64 * 1024
+
+
 class UsageError(Exception):
-    """A command-line mistake; the message says what to do."""
+    """A command-line mistake; the message says what to do (exit code 2)."""
+
+
+class RuntimeFailure(Exception):
+    """Something outside the command line failed (exit code 1); the message says what to do."""
+
+
+class _Session:
+    """What one ``main`` call has seen: secrets to scrub from messages, whether stdin was read."""
+
+    def __init__(self) -> None:
+        self.secrets: set[str] = set()
+        self.stdin_used_by: str | None = None
+
+
+_session = _Session()
+
+
+def _remember(value: str | None) -> str | None:
+    if value:
+        _session.secrets.add(value)
+    return value
+
+
+def _read_secret_file(option: str, name: str) -> str:
+    """The first line of file ``name`` (``-`` = stdin), without its line end."""
+    if name == "-":
+        if _session.stdin_used_by is not None:
+            raise UsageError(f"{option} -: stdin is already read for {_session.stdin_used_by}; use a file for one of them")
+        _session.stdin_used_by = option
+        line = sys.stdin.readline(MAX_SECRET_FILE)
+    else:
+        try:
+            with open(name, encoding="utf-8") as f:
+                line = f.readline(MAX_SECRET_FILE)
+        except FileNotFoundError:
+            raise UsageError(f"{option} {name}: no such file") from None
+        except IsADirectoryError:
+            raise UsageError(f"{option} {name}: is a directory; give a file holding the value") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{option} {name}: not UTF-8 text") from None
+        except OSError as exc:
+            raise UsageError(f"{option} {name}: cannot be read ({exc.strerror or exc})") from None
+    value = line.rstrip("\r\n")
+    if not value:
+        raise UsageError(f"{option} {name}: holds no value on its first line")
+    return value
+
+
+def secret_value(what: str, *, arg: str | None, arg_name: str, file: str | None, file_option: str,
+                 env: str, prompt: str | None = None, confirm: bool = False) -> str | None:
+    """A secret from, in order: the argument, a file, the environment, a no-echo prompt (or None)."""
+    if arg is not None and file is not None:
+        raise UsageError(f"give {what} once: {arg_name} or {file_option}, not both")
+    if arg is not None:
+        return _remember(arg)
+    if file is not None:
+        return _remember(_read_secret_file(file_option, file))
+    if os.environ.get(env):
+        return _remember(os.environ[env])
+    if prompt is not None and sys.stdin.isatty():
+        try:
+            value = getpass.getpass(prompt)
+            if confirm and value and getpass.getpass("Again: ") != value:
+                raise UsageError(f"{what}: the two entries differ; nothing was changed")
+        except EOFError:
+            value = ""
+        if not value:
+            raise UsageError(f"{what}: nothing entered; nothing was changed")
+        return _remember(value)
+    return None
 
 
 def data_dir() -> Path:
@@ -37,9 +135,13 @@ def data_dir() -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) as 0700: it holds keys and cards other users must not swap."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
+    """Create ``path`` (and missing parents) as 0700: it holds keys and cards other users must not swap."""
+    try:
+        make_private_dirs(path)
+        path.chmod(0o700)
+    except OSError as exc:
+        raise RuntimeFailure(f"{path}: cannot be the data directory ({exc.strerror or exc}); "
+                             "point MYNAEMU_DATA_DIR at a directory of yours") from None
     return path
 
 
@@ -66,20 +168,34 @@ def _persona(args: argparse.Namespace):
         persona = Persona.generate(rng, name=args.name, birth=birth, sex=sex, my_number=args.my_number)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.kana:
+    if args.kana is not None:
         family, _, given = args.kana.partition("\u3000")
-        if not given:
+        if not family or not given:
             raise UsageError("--kana: separate family and given name with an ideographic space (U+3000)")
-        persona = dataclasses.replace(persona, family_name_kana=family, given_name_kana=given)
-    if args.address:
-        persona = dataclasses.replace(persona, address=args.address)
+        try:
+            persona = dataclasses.replace(persona, family_name_kana=family, given_name_kana=given)
+        except ValueError as exc:
+            raise UsageError(f"--kana: {exc}") from None
+    if args.address is not None:
+        try:
+            persona = dataclasses.replace(persona, address=args.address)
+        except ValueError as exc:
+            raise UsageError(f"--address: {exc}") from None
     return persona
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    secrets = {
+        key: secret_value(f"the {key} PIN", arg=getattr(args, f"{key}_pin"), arg_name=f"--{key}-pin",
+                          file=getattr(args, f"{key}_pin_file"), file_option=f"--{key}-pin-file", env=SECRET_ENV[key])
+        for key in ("auth", "sign", "text", "juki")
+    }
+    persona = _persona(args)
     private_dir(data_dir())
-    secrets = {"auth": args.auth_pin, "sign": args.sign_pin, "text": args.text_pin, "juki": args.juki_pin}
-    issued = issue_card(args.card_dir, persona=_persona(args), secrets=secrets, profile=args.profile)
+    try:
+        issued = issue_card(args.card_dir, persona=persona, secrets=secrets, profile=args.profile)
+    except OSError as exc:
+        raise RuntimeFailure(f"{exc.strerror or exc}") from None
     p = issued.persona
     print(f"Issued an emulated My Number card in {issued.path}")
     print(f"  name        {p.name} ({p.name_kana})")
@@ -95,10 +211,23 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 
 # -- info ----------------------------------------------------------------------------------------
+def _card_persona(card: Card):
+    """The card's persona from card.json, or a StateError naming the file."""
+    doc = card.dir.meta.get("persona")
+    try:
+        if not isinstance(doc, dict):
+            raise TypeError
+        return persona_from_json(doc)
+    except (KeyError, TypeError, ValueError):
+        raise StateError(f"{card.dir.path / 'card.json'}: has no valid persona; the card directory is damaged "
+                         "(restore it from a backup or re-issue the card)") from None
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     card = Card.load(args.card_dir, read_only=True)  # works beside a served card
+    p = _card_persona(card)
     # The security code is the secret part of 照合番号B: shown once at issuance, never again.
-    persona = {k: ("****" if k == "security_code" else v) for k, v in card.dir.meta.get("persona", {}).items()}
+    persona = {k: ("****" if k == "security_code" else v) for k, v in card.dir.meta["persona"].items()}
     apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}
     keys = card.key_status()
     if args.json:
@@ -107,7 +236,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"Card {card.dir.card_id} in {card.dir.path}")
-    p = persona_from_json(card.dir.meta["persona"])
     print(f"  {p.name} ({p.name_kana}), born {p.birth.isoformat()}, sex {p.sex}")
     print(f"  {p.address}")
     print(f"  card expiry {p.card_expiry.isoformat()}, certificates {p.cert_expiry.isoformat()}")
@@ -124,16 +252,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- send ----------------------------------------------------------------------------------------
+MAX_APDU = 4 + 3 + 65535 + 3  # header, extended Lc, data, extended Le
+
+
 def cmd_send(args: argparse.Namespace) -> int:
-    card = Card.load(args.card_dir)
-    card.power_on()
     apdus = []
-    for text in args.apdu:
+    for n, text in enumerate(args.apdu, 1):
         cleaned = "".join(text.split())
         try:
-            apdus.append(bytes.fromhex(cleaned))
+            apdu = bytes.fromhex(cleaned)
         except ValueError:
-            raise UsageError(f"{text!r} is not an APDU in hex (e.g. 00A4040C0AD392F000260100000001)") from None
+            # Shown through the masking rule: a typo in a VERIFY must not echo its PIN.
+            raise UsageError(f"APDU {n} ({mask_hex_text(text) or 'empty'}) is not an APDU in hex: whole bytes of "
+                             "0-9A-F (e.g. 00A4040C0AD392F000260100000001)") from None
+        if not 4 <= len(apdu) <= MAX_APDU:
+            raise UsageError(f"APDU {n} ({mask_command(apdu) or 'empty'}) is {len(apdu)} bytes; "
+                             f"an APDU is 4 to {MAX_APDU} bytes")
+        apdus.append(apdu)
+    card = Card.load(args.card_dir)
+    card.power_on()
     for apdu in apdus:
         resp = card.transmit(apdu)
         print(f"{mask_command(apdu)} -> {resp.hex().upper()}  {sw.describe(resp[-2:])}")
@@ -142,22 +279,85 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 # -- admin ---------------------------------------------------------------------------------------
+def _new_value(args: argparse.Namespace) -> str:
+    value = secret_value(f"the new value of {args.key}", arg=args.new, arg_name="NEW", file=args.new_value_file,
+                         file_option="--new-value-file", env=SECRET_ENV["new"], prompt=f"New value for {args.key}: ",
+                         confirm=True)
+    if value is None:
+        raise UsageError(f"give the new value of {args.key}: as NEW, with --new-value-file FILE (- = stdin), in "
+                         f"{SECRET_ENV['new']}, or run on a terminal to be asked")
+    return value
+
+
 def cmd_admin(args: argparse.Namespace) -> int:
+    if args.action == "reset-pin":
+        new = _new_value(args)
+    elif args.action == "kiosk-reset":
+        partner = admin.KIOSK_PARTNER[args.key]
+        other = secret_value(f"the current {partner} value", arg=args.other, arg_name="--other", file=args.other_file,
+                             file_option="--other-file", env=SECRET_ENV["other"],
+                             prompt=f"Current value of the {partner} secret: ")
+        if other is None:
+            raise UsageError(f"give the current {partner} value: --other-file FILE (- = stdin), "
+                             f"{SECRET_ENV['other']}, --other VALUE, or run on a terminal to be asked")
+        new = _new_value(args)
     card = Card.load(args.card_dir)
+    try:
+        return _admin_action(card, args, new if args.action in ("reset-pin", "kiosk-reset") else "",
+                             other if args.action == "kiosk-reset" else "")
+    except StorageFailure as exc:
+        raise RuntimeFailure(f"the card's state could not be written ({exc}); nothing was changed") from None
+    finally:
+        card.close()
+
+
+def _check_issued_by(card: Card, authority) -> None:
+    """Refuse to suspend a card under an authority that did not sign its certificates.
+
+    Every emulated authority has the same names, so only the signature tells them apart.
+    """
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    der = card.dir.content.get("jpki.auth_cert", b"")
+    try:
+        x509.load_der_x509_certificate(der).verify_directly_issued_by(authority.auth_ca_certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        raise RuntimeFailure(f"{card.dir.path}: its auth certificate was not issued by the authority in "
+                             f"{authority.directory}; run with the MYNAEMU_DATA_DIR the card was issued under "
+                             "(nothing was changed)") from None
+
+
+def _admin_action(card: Card, args: argparse.Namespace, new: str, other: str) -> int:
     if args.action == "unblock":
         admin.unblock(card, args.key)
         print(f"{args.key}: unblocked, {card.tries_left(args.key)} tries")
     elif args.action == "reset-pin":
-        admin.reset_pin(card, args.key, args.new)
+        admin.reset_pin(card, args.key, new)
         print(f"{args.key}: new value set, {card.tries_left(args.key)} tries")
     elif args.action == "kiosk-reset":
-        admin.kiosk_reset(card, args.key, args.new, args.other)
+        admin.kiosk_reset(card, args.key, new, other)
         print(f"{args.key}: new value set at the kiosk, {card.tries_left(args.key)} tries")
     else:
         from .pki import Authority, default_authority_dir
         from .revocation import suspend
 
-        crls = suspend(card, Authority.load(default_authority_dir()))
+        where = default_authority_dir()
+        if not (where / "authority.json").exists():
+            raise RuntimeFailure(f"{where}: no emulated authority here; run with the MYNAEMU_DATA_DIR the card "
+                                 "was issued under")
+        authority = Authority.load(where)
+        _check_issued_by(card, authority)
+        try:
+            crls = suspend(card, authority)
+        except StateError as exc:
+            if "not issued by this authority" in str(exc):
+                raise RuntimeFailure(f"{exc}; run with the MYNAEMU_DATA_DIR the card was issued under "
+                                     "(nothing was changed)") from None
+            raise
+        except OSError as exc:
+            raise RuntimeFailure(f"the suspension could not be written ({exc.strerror or exc}); run it again "
+                                 "when there is room (the card still answers as before)") from None
         print("Card suspended: its JPKI certificates are revoked; the card still answers as before.")
         for which, path in crls.items():
             print(f"  {which} CRL: {path}")
@@ -168,24 +368,75 @@ def cmd_admin(args: argparse.Namespace) -> int:
 def _reader_transmit(name: str):
     """A transmit function for a PC/SC reader (a real card, or a served one)."""
     try:
+        from smartcard.Exceptions import SmartcardException
         from smartcard.System import readers
     except ImportError:
         raise UsageError("--reader needs pyscard: pip install 'mynaemu[pcsc]'") from None
-    found = [r for r in readers() if str(r) == name or str(r).startswith(name)]
-    if not found:
-        raise UsageError(f"no reader named {name!r}; readers: {[str(r) for r in readers()]}")
-    conn = found[0].createConnection()
-    conn.connect()
+    from reader_bridge.pcscd import pcscd_running
+
+    if not pcscd_running():
+        raise RuntimeFailure("no pcscd is running, so there is no reader; start pcscd (or `mynaemu serve`) first")
+    try:
+        listed = [str(r) for r in readers()]
+        found = [r for r in readers() if str(r) == name or str(r).startswith(name)]
+        if not found:
+            raise UsageError(f"no reader named {name!r}; readers: {listed}")
+        conn = found[0].createConnection()
+        conn.connect()
+    except SmartcardException as exc:
+        raise RuntimeFailure(f"reader {name!r}: {' '.join(str(exc).split())}") from None
 
     def transmit(apdu: bytes) -> bytes:
-        data, sw1, sw2 = conn.transmit(list(apdu))
+        try:
+            data, sw1, sw2 = conn.transmit(list(apdu))
+        except SmartcardException as exc:
+            raise RuntimeFailure(f"reader {name!r}: the card stopped answering ({' '.join(str(exc).split())})") from None
         return bytes(data) + bytes((sw1, sw2))
 
     return transmit
 
 
+def _replay_variables(args: argparse.Namespace) -> dict[str, object]:
+    """Variables from --var-file, then --var (later ones win), then (for a reader) the secrets' environment.
+
+    Against an emulated card its own values are used unless a variable is given explicitly.
+    """
+    items: list[tuple[str, str]] = []
+    if args.var_file is not None:
+        if args.var_file == "-":
+            if _session.stdin_used_by is not None:
+                raise UsageError("--var-file -: stdin is already read")
+            _session.stdin_used_by = "--var-file"
+            text = sys.stdin.read(MAX_SECRET_FILE)
+        else:
+            try:
+                text = Path(args.var_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
+                raise UsageError(f"--var-file {args.var_file}: cannot be read ({why})") from None
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                name, sep, value = line.partition("=")
+                if not sep or not name.strip():
+                    raise UsageError(f"--var-file {args.var_file}: line {n}: write NAME=VALUE (e.g. auth_pin=1234)")
+                items.append((name.strip(), value))
+    for item in args.var:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--var {mask_hex_text(item) if not sep else name + '=…'}: write NAME=VALUE (e.g. auth_pin=1234)")
+        items.append((name, value))
+    variables: dict[str, object] = {}
+    for name, value in items:
+        _remember(value)
+        variables[name] = value
+    for var, key in SECRET_VARS.items():
+        if args.reader is not None and var not in variables and os.environ.get(SECRET_ENV[key]):
+            variables[var] = _remember(os.environ[SECRET_ENV[key]])
+    return variables
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .transcript import TranscriptError, card_variables, replay_file, transcript_files
+    from .transcript import TRANSCRIPT_DIR, TranscriptError, card_variables, load_transcript, replay, transcript_files
 
     if args.list:
         for path in transcript_files():
@@ -195,27 +446,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError("name at least one transcript (see --list)")
     if (args.card is None) == (args.reader is None):
         raise UsageError("give exactly one of --card CARD_DIR (the emulator) or --reader NAME (PC/SC)")
+    given = _replay_variables(args)
+    transcripts = []
+    for flow in args.flow:
+        path = Path(flow)
+        if not path.exists() and path.parent == Path() and (TRANSCRIPT_DIR / path.with_suffix(".txt").name).exists():
+            path = TRANSCRIPT_DIR / path.with_suffix(".txt").name
+        try:
+            transcripts.append(load_transcript(path))
+        except TranscriptError as exc:
+            raise UsageError(str(exc)) from None
     variables: dict[str, object] = {}
     if args.card is not None:
         card = Card.load(args.card)
         secrets = {k: card.keyring[k].value.decode("ascii") for k in ("auth", "sign", "text", "juki")}
         variables.update(card_variables(card, secrets))
-        card.power_on()
         transmit = card.transmit
     else:
+        # A real card: ask for the PINs the flows need and nobody gave, before anything is sent.
+        needed = sorted({n for t in transcripts for n in t.variables_needed()} - set(given))
+        for var in needed:
+            if var in SECRET_VARS and sys.stdin.isatty():
+                value = secret_value(var, arg=None, arg_name="", file=None, file_option="",
+                                     env=SECRET_ENV[SECRET_VARS[var]], prompt=f"{var}: ")
+                if value is not None:
+                    given[var] = value
         transmit = _reader_transmit(args.reader)
-    for item in args.var:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--var {item!r}: write NAME=VALUE (e.g. auth_pin=1234)")
-        variables[name] = value
+    variables.update(given)
     failed = 0
-    for flow in args.flow:
+    for flow, transcript in zip(args.flow, transcripts, strict=True):
         if args.card is not None:
             card.power_on()  # every transcript starts in the power-on state
         try:
-            result = replay_file(flow, transmit, variables)
-        except (TranscriptError, FileNotFoundError) as exc:
+            result = replay(transcript, transmit, variables)
+        except TranscriptError as exc:
             raise UsageError(str(exc)) from None
         print(f"{flow}: {result.summary()}")
         failed += not result.ok
@@ -275,11 +539,32 @@ def control_from_stdin(cards: dict[int, Card], out=None):
     return control
 
 
+def _check_trace_path(path: Path) -> None:
+    """Refuse a trace path that cannot be written, before pcscd is started for nothing."""
+    from reader_bridge.trace import ApduTrace
+
+    if path.is_dir():
+        raise UsageError(f"--trace {path}: is a directory; give a file name (e.g. {path / 'apdus.jsonl'})")
+    if not path.parent.is_dir():
+        raise UsageError(f"--trace {path}: the folder {path.parent} does not exist; create it first")
+    try:
+        ApduTrace(path).close()  # created 0600 now; serve appends to it
+    except OSError as exc:
+        raise UsageError(f"--trace {path}: cannot be written ({exc.strerror or exc})") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from reader_bridge.serve import ServeError, reader_name, refuse_same_card_twice, serve
 
     if args.slot < 0:
         raise UsageError(f"--slot {args.slot}: a vpcd slot is 0 or more (Debian's vpcd has slots 0 and 1)")
+    if args.trace is not None:
+        _check_trace_path(args.trace)
+    if args.no_start_pcscd:
+        from reader_bridge.pcscd import pcscd_running
+
+        if not pcscd_running():
+            raise RuntimeFailure("--no-start-pcscd: no pcscd is running; start it (e.g. `pcscd -f`) or drop the option")
     private_dir(data_dir())
     dirs = [Path(d) for d in args.card_dir] or [demo_card_dir()]
     if not args.card_dir and not (dirs[0] / "card.json").exists():
@@ -292,7 +577,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     interface = "contactless" if args.contactless else "contact"
-    cards = {args.slot + i: Card.load(d, interface=interface) for i, d in enumerate(dirs)}
+    cards: dict[int, Card] = {}
+    try:
+        for i, d in enumerate(dirs):
+            cards[args.slot + i] = Card.load(d, interface=interface)
+    except BaseException:
+        for card in cards.values():
+            card.close()
+        raise
 
     def ready(readers: list[str]) -> None:
         for card, name in zip([cards[slot] for slot in sorted(cards)], readers, strict=False):
@@ -311,8 +603,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # e.g. a slot this vpcd does not have
         raise UsageError(str(exc)) from None
     except ServeError as exc:  # an occupied or lost slot: said in one line, exit 1
-        print(f"mynaemu serve: error: {exc}", file=sys.stderr)
-        return 1
+        raise RuntimeFailure(str(exc)) from None
+    except (OSError, TimeoutError, RuntimeError) as exc:  # pcscd missing, not starting, no card shown
+        raise RuntimeFailure(f"the reader could not be set up: {exc}") from None
     finally:
         for card in cards.values():
             card.close()
@@ -320,8 +613,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line, without echoing stray arguments.
+
+    An unrecognized argument may be a secret typed after a misspelt option (``--othr 1234``).
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            count = len(message.split(":", 1)[1].split())
+            message = f"{count} unrecognized argument(s) (not shown: they may hold a secret)"
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _secret_option(p: argparse.ArgumentParser, key: str, help_text: str) -> None:
+    p.add_argument(f"--{key}-pin", help=f"{help_text} (argv is readable by other local users: prefer the file or "
+                                        f"{SECRET_ENV[key]})")
+    p.add_argument(f"--{key}-pin-file", metavar="FILE", help=f"read the {key} PIN from FILE's first line (- = stdin)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mynaemu",
         description="Emulate the IC chip of Japan's My Number card, in-process or in a PC/SC reader.",
     )
@@ -336,10 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--birth", help="birth date YYYY-MM-DD")
     p.add_argument("--sex", help="male, female or n/a")
     p.add_argument("--my-number", help="12-digit My Number with a valid check digit (random if omitted)")
-    p.add_argument("--auth-pin", help="JPKI user-authentication PIN, 4 digits")
-    p.add_argument("--sign-pin", help="JPKI signing password, 6-16 of A-Z and 0-9")
-    p.add_argument("--text-pin", help="input-assist AP PIN, 4 digits")
-    p.add_argument("--juki-pin", help="住基 and common AP PIN, 4 digits")
+    _secret_option(p, "auth", "JPKI user-authentication PIN, 4 digits")
+    _secret_option(p, "sign", "JPKI signing password, 6-16 of A-Z and 0-9")
+    _secret_option(p, "text", "input-assist AP PIN, 4 digits")
+    _secret_option(p, "juki", "住基 and common AP PIN, 4 digits")
     p.add_argument("--profile", type=Path, help="card profile TOML (default: apdu_specs/profile.toml)")
     p.add_argument("--seed", type=int, help="seed for a reproducible random persona")
     p.set_defaults(func=cmd_issue)
@@ -359,13 +671,19 @@ def build_parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = asub.add_parser("unblock", help="restore a key's full retry counter (municipal office)")
     a.add_argument("key", choices=KEY_NAMES, metavar="KEY", help=", ".join(KEY_NAMES))
+    new_help = (f"the new value (argv is readable by other local users: prefer --new-value-file, "
+                f"{SECRET_ENV['new']} or the prompt)")
     a = asub.add_parser("reset-pin", help="set a new PIN/password and a full counter (municipal office)")
     a.add_argument("key", choices=KEY_NAMES, metavar="KEY")
-    a.add_argument("new", metavar="NEW")
+    a.add_argument("new", metavar="NEW", nargs="?", help=new_help)
+    a.add_argument("--new-value-file", metavar="FILE", help="read the new value from FILE's first line (- = stdin)")
     a = asub.add_parser("kiosk-reset", help="reset one JPKI secret by presenting the other (kiosk rule)")
     a.add_argument("key", choices=("auth", "sign"), metavar="KEY")
-    a.add_argument("new", metavar="NEW")
-    a.add_argument("--other", required=True, help="the current value of the other JPKI secret")
+    a.add_argument("new", metavar="NEW", nargs="?", help=new_help)
+    a.add_argument("--new-value-file", metavar="FILE", help="read the new value from FILE's first line (- = stdin)")
+    a.add_argument("--other", help=f"the current value of the other JPKI secret (argv is readable by other local "
+                                   f"users: prefer --other-file, {SECRET_ENV['other']} or the prompt)")
+    a.add_argument("--other-file", metavar="FILE", help="read the other secret from FILE's first line (- = stdin)")
     asub.add_parser("suspend", help="revoke the card's JPKI certificates (lost card); the card still answers")
     p.set_defaults(func=cmd_admin)
 
@@ -374,7 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", type=Path, metavar="CARD_DIR", help="replay against this emulated card")
     p.add_argument("--reader", metavar="NAME", help="replay through this PC/SC reader (a real card)")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
-                   help="a transcript variable, e.g. auth_pin=1234 (needed for a real card)")
+                   help="a transcript variable, e.g. auth_pin=1234 (argv is readable by other local users: "
+                        "prefer --var-file or MYNAEMU_AUTH_PIN etc.)")
+    p.add_argument("--var-file", metavar="FILE", help="NAME=VALUE lines, one variable each (- = stdin)")
     p.add_argument("--list", action="store_true", help="list the transcripts")
     p.set_defaults(func=cmd_replay)
 
@@ -392,18 +712,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """An error message fit for one stderr line, with every secret this run saw masked."""
+    return scrub(" ".join(str(text).split()), _session.secrets) or "(no detail)"
+
+
+def _os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so the flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``mynaemu`` command; returns the exit code (0 ok, 1 runtime failure, 2 usage error)."""
+    global _session
+    _session = _Session()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    name = "mynaemu " + args.command
+
+    def fail(code: int, message: str) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"{name}: error: {_one_line(message)}", file=sys.stderr)
+        return code
+
     try:
         return args.func(args)
     except (UsageError, IssuanceError, admin.AdminError, StateError, ProfileError) as exc:
-        print(f"mynaemu {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, str(exc))
+    except RuntimeFailure as exc:
+        return fail(1, str(exc))
+    except BrokenPipeError:
+        _silence_stdout()
+        return fail(1, "the output was closed before everything was written (broken pipe)")
+    except StorageFailure as exc:
+        return fail(1, f"the card's state could not be written ({exc}); nothing was changed")
+    except OSError as exc:
+        return fail(1, _os_error(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line, never a traceback
+        return fail(1, f"internal error ({type(exc).__name__}: {exc}); please report it")
 
 
 if __name__ == "__main__":

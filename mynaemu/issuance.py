@@ -12,6 +12,7 @@ import secrets as _random
 import shutil
 import string
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date
 from pathlib import Path
@@ -21,6 +22,7 @@ from .content import CardKeys, build_contents
 from .keys import format_ok, format_rule
 from .persona import Persona, check_number_b, japanese_era_yymmdd
 from .pki import Authority, default_authority_dir
+from .private_files import make_private_dirs, remove_dirs
 from .profile import Profile
 from .state import StateStore
 
@@ -89,18 +91,44 @@ def _reference_values(profile: Profile, persona: Persona, secrets: dict[str, str
     return out
 
 
-def check_secrets(profile: Profile, given: dict[str, str | None]) -> dict[str, str]:
+def check_secrets(profile: Profile, given: Mapping[str, str | None]) -> dict[str, str]:
     """Fill in random values for missing secrets and check given ones against their format."""
+    if not isinstance(given, Mapping):
+        raise IssuanceError(f"secrets must be a mapping of key name to value, not {type(given).__name__}")
+    unknown = sorted(str(k) for k in given if k not in SECRET_KEYS)
+    if unknown:
+        known = ", ".join(SECRET_KEYS)
+        raise IssuanceError(f"secrets: unknown key name(s) {', '.join(unknown)}; the holder's secrets are {known}")
     out: dict[str, str] = {}
     for name in SECRET_KEYS:
         spec = profile.keys[name]
         value = given.get(name)
         if value is None:
             value = random_secret(spec.format)
+        elif not isinstance(value, str):
+            raise IssuanceError(f"--{name}-pin: the {spec.label} must be given as a string, not {type(value).__name__}")
         elif not format_ok(spec.format, value.encode("ascii", "replace")):
             raise IssuanceError(f"--{name}-pin: the {spec.label} must be {format_rule(spec.format)}")
         out[name] = value
     return out
+
+
+def _check_target(root: Path) -> None:
+    """Refuse a CARD_DIR that holds a card, is not an empty directory, or lies below a file."""
+    try:
+        if (root / "card.json").exists() or (root / "state.json").exists():
+            raise IssuanceError(
+                f"{root}: already holds a card; choose another directory (re-issuing here would reset its retry counters)"
+            )
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise IssuanceError(f"{root}: exists and is not an empty directory")
+    except OSError as exc:
+        raise IssuanceError(f"{root}: cannot be used as a card directory ({exc.strerror or exc})") from None
+    for parent in root.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise IssuanceError(f"{root}: {parent} is a file, not a directory; choose a path below a directory")
+            break
 
 
 def issue_card(
@@ -112,20 +140,28 @@ def issue_card(
     authority: Authority | None = None,
     keys: CardKeys | None = None,
 ) -> IssuedCard:
-    """Issue a new card into ``card_dir`` (which must not hold a card yet)."""
+    """Issue a new card into ``card_dir`` (which must not hold a card yet).
+
+    Raises IssuanceError (or ProfileError) for a request that breaks a rule, before anything is
+    written; OSError when the card cannot be written (e.g. a full disk), leaving nothing behind.
+    """
+    if not isinstance(card_dir, str | os.PathLike) or not str(card_dir):
+        raise IssuanceError(f"card_dir must be a directory path (str or Path), not {card_dir!r}")
     root = Path(card_dir)
-    if (root / "card.json").exists() or (root / "state.json").exists():
-        raise IssuanceError(
-            f"{root}: already holds a card; choose another directory (re-issuing here would reset its retry counters)"
-        )
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise IssuanceError(f"{root}: exists and is not an empty directory")
+    _check_target(root)
+    if persona is not None and not isinstance(persona, Persona):
+        raise IssuanceError(f"persona must be a mynaemu.persona.Persona, not {type(persona).__name__}")
+    if authority is not None and not isinstance(authority, Authority):
+        raise IssuanceError(f"authority must be a mynaemu.pki.Authority, not {type(authority).__name__}")
+    if keys is not None and not isinstance(keys, CardKeys):
+        raise IssuanceError(f"keys must be a mynaemu.content.CardKeys, not {type(keys).__name__}")
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)
+    values = check_secrets(prof, secrets if secrets is not None else {})
     persona = persona or Persona.generate()
-    values = check_secrets(prof, secrets or {})
     authority = authority or Authority.load_or_create(default_authority_dir())
     keys = keys or CardKeys.generate()
     content = build_contents(persona, keys, authority, japanese_era=prof.check_b_japanese_era)
+    prof.check_issued_content(content)  # a card that would not load is never written
     # The card's own identity, bound into every file of its directory: random per card (test
     # cards of one persona share their serial number), so files of two cards never pass as one.
     card_id = f"{_random.randbits(96):029d}"
@@ -134,15 +170,25 @@ def issue_card(
         "persona": persona_to_json(persona),
         "issued_by": "mynaemu (emulated card; not a real My Number card)",
     }
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        carddir.write(staging, prof.text(), meta, content, keys.to_pem_dict())
+        profile_text = prof.text()
+        # Only the missing parents are made, each 0700 whatever the umask; a failure removes them.
+        created = make_private_dirs(root.parent)
+    except OSError as exc:
+        raise IssuanceError(f"{root}: cannot create its directory ({exc.strerror or exc})") from None
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        carddir.write(staging, profile_text, meta, content, keys.to_pem_dict())
         StateStore(staging / "state.json", card_id).save(_reference_values(prof, persona, values))
         if root.exists():
             root.rmdir()
         os.rename(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        remove_dirs(created)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write the card into {root} ({exc.strerror or exc}); nothing was issued") from None
         raise
     return IssuedCard(root, persona, values)

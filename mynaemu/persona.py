@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date
 from typing import NamedTuple
 
 __all__ = [
     "ADULT_AGE",
+    "MAX_ADDRESS_CHARS",
+    "MAX_NAME_CHARS",
     "SIGN_CERT_MIN_AGE",
     "Era",
     "Persona",
@@ -32,6 +35,11 @@ __all__ = [
 ]
 
 IDEOGRAPHIC_SPACE = "\u3000"
+# What fits the card: EF 0002 of the input-assist AP holds name and address in 512 bytes of UTF-8
+# (3 bytes a kanji) beside birth date, sex and their TLV headers.
+MAX_NAME_CHARS = 40  # family name, U+3000 and given name together; the kana reading likewise
+MAX_ADDRESS_CHARS = 100
+MEIJI_START = date(1868, 1, 25)  # 照合番号B writes the birth date in the Japanese era
 # Age at issuance from which the card runs 10 birthdays (since the April 2022 change; 20 before).
 ADULT_AGE = 18
 # Below this age at issuance no signing certificate is issued (JPKI rule).
@@ -136,6 +144,20 @@ def to_fullwidth_digits(s: str) -> str:
 _SEXES = {"0": "unknown", "1": "male", "2": "female", "9": "not applicable"}  # ISO 5218 / JIS X 0303
 
 
+def _check_text(label: str, value: object, max_chars: int) -> None:
+    """A printable string the card can hold: no control characters, no lone surrogates, not too long."""
+    if not isinstance(value, str):
+        raise ValueError(f"the {label} must be a string, not {type(value).__name__}")
+    if len(value) > max_chars:
+        raise ValueError(f"the {label} is {len(value)} characters; the card holds at most {max_chars}")
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            raise ValueError(f"the {label} holds a lone surrogate (U+{ord(ch):04X}); give valid Unicode text")
+        if category == "Cc":
+            raise ValueError(f"the {label} holds a control character (U+{ord(ch):04X}); give printable text")
+
+
 def _digits(value: object, count: int) -> bool:
     # [0-9], not \d: \d also matches full-width and other Unicode digits.
     return isinstance(value, str) and re.fullmatch(f"[0-9]{{{count}}}", value) is not None
@@ -166,6 +188,7 @@ class Persona:
         for label, value in (("family name", self.family_name), ("given name", self.given_name)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"the {label} must be a non-empty string")
+            _check_text(label, value, MAX_NAME_CHARS)
             if IDEOGRAPHIC_SPACE in value:
                 raise ValueError(f"the {label} must not contain the ideographic space U+3000 (it separates the two)")
         for label, value in (
@@ -176,7 +199,10 @@ class Persona:
                 raise ValueError(f"the {label} must be a string without U+3000 (empty when unknown)")
         if not isinstance(self.address, str) or not self.address.strip():
             raise ValueError("the address must be a non-empty string")
-        if self.sex not in _SEXES:
+        _check_text("name", self.name, MAX_NAME_CHARS)
+        _check_text("kana name", self.name_kana, MAX_NAME_CHARS)
+        _check_text("address", self.address, MAX_ADDRESS_CHARS)
+        if not isinstance(self.sex, str) or self.sex not in _SEXES:
             raise ValueError("sex must be '1' (male), '2' (female), '9' (not applicable) or '0' (unknown)")
         if not is_valid_my_number(self.my_number):
             raise ValueError(
@@ -197,8 +223,10 @@ class Persona:
             ("card_expiry", self.card_expiry),
             ("cert_expiry", self.cert_expiry),
         ):
-            if not isinstance(value, date):
-                raise ValueError(f"{label} must be a datetime.date")
+            if type(value) is not date:  # a datetime is a date too, but does not compare with one
+                raise ValueError(f"{label} must be a datetime.date, not {type(value).__name__}")
+        if self.birth < MEIJI_START:
+            raise ValueError(f"the birth date must be from {MEIJI_START} (the Meiji era): the card writes it in the era")
         if not self.birth <= self.issued < self.cert_expiry <= self.card_expiry:
             raise ValueError("dates must satisfy birth <= issued < cert_expiry <= card_expiry")
 
@@ -239,7 +267,15 @@ class Persona:
         is one of theirs and left empty otherwise. `issued` defaults to today. Without `rng` the
         draw uses the system's CSPRNG, since the security code is a secret.
         """
+        for label, value, kind in (("name", name, str), ("sex", sex, str), ("my_number", my_number, str),
+                                   ("birth", birth, date), ("issued", issued, date)):
+            if value is not None and type(value) is not kind:
+                raise ValueError(f"{label} must be a {kind.__name__} (or None for a random one), not {type(value).__name__}")
+        if rng is not None and not isinstance(rng, random.Random):
+            raise ValueError(f"rng must be a random.Random, not {type(rng).__name__}")
         rng = rng if rng is not None else random.SystemRandom()
+        if birth is not None and not MEIJI_START <= birth <= (issued or date.today()):
+            raise ValueError(f"the birth date {birth} must be from {MEIJI_START} (the Meiji era) to the day of issuance")
         if sex is None:
             sex = rng.choice("12")
         if issued is None:

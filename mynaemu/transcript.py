@@ -662,9 +662,21 @@ def parse_transcript(text: str, name: str = "<transcript>", path: Path | None = 
 
 
 def load_transcript(path: Path | str) -> Transcript:
-    """Read and parse a transcript file."""
+    """Read and parse a transcript file; raise TranscriptError naming it when it cannot be read."""
     p = Path(path)
-    return parse_transcript(p.read_text(encoding="utf-8"), p.name, p)
+    try:
+        if p.exists() and not p.is_file():
+            raise TranscriptError(f"{p}: not a transcript file (a directory or a device); give a .txt transcript")
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TranscriptError(f"{p}: no such transcript (see `mynaemu replay --list`)") from None
+    except UnicodeDecodeError:
+        raise TranscriptError(f"{p}: not a transcript: not UTF-8 text (a binary file?)") from None
+    except OSError as exc:
+        raise TranscriptError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    if "\0" in text:
+        raise TranscriptError(f"{p}: not a transcript: holds NUL bytes (a binary file?)")
+    return parse_transcript(text, p.name, p)
 
 
 # -- running ---------------------------------------------------------------------------------

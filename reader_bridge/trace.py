@@ -6,9 +6,11 @@ One line per exchange::
      "cmd": "0020008004********", "rsp": "9000", "sw": "9000", "us": 41}
 
 and one per link/power event (``{"ts", "slot", "event"}``). The command data of VERIFY
-(INS 20), CHANGE REFERENCE DATA (INS 24), RESET RETRY COUNTER (INS 2C) in any class and of
-JICSAP CHANGE KEY (INS 32 in a proprietary class, e.g. CLA 80) is replaced by ``**`` per
-byte; the header, Lc and Le stay. Tracing costs nothing when off: links hold ``trace=None``.
+(INS 20/21), CHANGE REFERENCE DATA (INS 24), RESET RETRY COUNTER (INS 2C) and JICSAP CHANGE
+KEY (INS 32) in any class, malformed lengths included, is replaced by ``**`` per byte; the
+header, Lc and Le stay (the one rule of ``mynaemu.redact``). Tracing costs nothing when off: links hold ``trace=None``.
+A trace file holds whole READ responses (My Number, name, address, face image), so it is created
+0600 whatever the umask, and an existing one is made 0600 before anything is appended.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from mynaemu.private_files import open_private_append
 from mynaemu.redact import carries_secret, mask_command
 
 log = logging.getLogger(__name__)
@@ -34,10 +37,13 @@ class ApduTrace:
     """Thread-safe JSON-lines writer shared by the links of one process."""
 
     def __init__(self, target: str | Path | IO[str]) -> None:
-        """Open ``target`` (a path, appended to) or use a text stream as is."""
+        """Open ``target`` (a path, appended to, 0600) or use a text stream as is.
+
+        Raises OSError for a path that cannot be a trace file (a directory, a missing folder).
+        """
         self._owns = isinstance(target, str | os.PathLike)
         if isinstance(target, str | os.PathLike):
-            self._out: IO[str] = open(target, "a", encoding="utf-8")  # noqa: SIM115
+            self._out: IO[str] = open_private_append(target)
         else:
             self._out = target
         self._lock = threading.Lock()

@@ -462,3 +462,121 @@ def test_keyring_never_compares_a_value_directly() -> None:
                     bad.append(f"line {node.lineno}: {ast.unparse(node)}")
     assert bad == []
     assert hashlib.sha256(b"").digest_size == 32  # the digests compared are SHA-256
+
+
+# -- every channel, every secret, under umask 000 and 077 -----------------------------------------
+TRACE_SCRIPT = """
+import logging, sys, time
+logging.basicConfig(level=logging.DEBUG)
+from mynaemu import Card, admin
+from mynaemu.issuance import issue_card
+from reader_bridge.trace import ApduTrace
+card = Card.load(sys.argv[1])
+with ApduTrace(sys.argv[2]) as trace:
+    for text in sys.argv[4:]:
+        apdu = bytes.fromhex(text)
+        start = time.perf_counter_ns()
+        rsp = card.transmit(apdu)
+        trace.exchange(0, apdu, rsp, time.perf_counter_ns() - start, card.current_ap)
+for call in (lambda: admin.reset_pin(card, "auth", sys.argv[3]), lambda: admin.kiosk_reset(card, "sign", "NEWPASS2", sys.argv[3]),
+             lambda: issue_card(sys.argv[2] + ".d", secrets={"auth": sys.argv[3]})):
+    try:
+        call()
+    except Exception as exc:
+        print("exception:", type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077], ids=["umask000", "umask077"])
+def test_no_channel_shows_a_secret_and_files_are_private(tmp_path: Path, umask: int) -> None:
+    data = tmp_path / "data"
+    base_env = {**os.environ, "PYTHONPATH": str(ROOT), "MYNAEMU_DATA_DIR": str(data)}
+    for name in ("MYNAEMU_AUTH_PIN", "MYNAEMU_SIGN_PIN", "MYNAEMU_TEXT_PIN", "MYNAEMU_JUKI_PIN", "MYNAEMU_NEW_VALUE",
+                 "MYNAEMU_OTHER_VALUE"):
+        base_env.pop(name, None)
+
+    def run(*args: str, env: dict[str, str] | None = None, script: str | None = None) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "mynaemu", "-v", *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL,
+                             env={**base_env, **(env or {})}, preexec_fn=lambda: os.umask(umask))
+        assert "Traceback" not in res.stderr, res.stderr
+        return res
+
+    pins = {"auth": "7391", "sign": "QZX7K2W9", "text": "8264", "juki": "5172"}
+    card_dir = tmp_path / "a" / "b" / "card"
+    issued = run("issue", str(card_dir), "--seed", "5", env={f"MYNAEMU_{k.upper()}_PIN": v for k, v in pins.items()})
+    assert issued.returncode == 0, issued.stderr
+    head, _, shown_once = issued.stdout.partition("Secrets (shown this once")
+    assert all(v in shown_once for v in pins.values())
+    persona = persona_from_json(json.loads((card_dir / "card.json").read_text())["persona"])
+    my_number = persona.my_number
+    new = {"auth": "4826", "sign": "RESET123", "juki": "3141", "text": "2020", "kiosk": "6060"}
+    wrong = {k: wrong_value(v) for k, v in pins.items()}
+    bad = "98x6"  # a malformed value: refused, and never shown either
+
+    def v(value: str, cla: str = "00", ins: str = "20") -> str:
+        return f"{cla}{ins}0080{len(value):02X}{value.encode().hex()}"
+
+    def sel(ap: str, fid: str) -> list[str]:
+        return [f"00A4040C{len(AID[ap]) // 2:02X}{AID[ap]}", f"00A4020C02{fid}"]
+
+    session = [
+        *sel("jpki", "0018"), v(wrong["auth"]), v(pins["auth"]), "00200080",
+        f"0024018004{new['auth'].encode().hex()}", v(new["auth"]), f"0024018004{pins['auth'].encode().hex()}",
+        v(pins["auth"], ins="21"), v(pins["auth"], cla="80"), v(pins["auth"], cla="0C"),  # odd INS, other classes
+        "0020008006" + pins["auth"].encode().hex(),  # Lc longer than the data
+        *sel("jpki", "001B"), v(wrong["sign"]), v(pins["sign"]),
+        *sel("text", "0014"), v(wrong_value(my_number)), v(my_number),
+        *sel("juki", "001C"), v(wrong["juki"]), v(pins["juki"]), f"8032008004{new['juki'].encode().hex()}",
+        f"0032008004{new['juki'].encode().hex()}",  # CHANGE KEY sent with CLA 00
+        v(new["juki"]), f"8032008004{pins['juki'].encode().hex()}",
+    ]
+    (tmp_path / "new").write_text(new["text"] + "\n")
+    trace_dir = tmp_path / "traces"
+    trace_dir.mkdir()
+    trace = trace_dir / "apdus.jsonl"
+    runs = {
+        "send": run("send", str(card_dir), *session),
+        "send odd hex": run("send", str(card_dir), "00A4040C0AD392F000260100000001", v(pins["auth"])[:-1]),
+        "send bad digit": run("send", str(card_dir), v(pins["sign"])[:-1] + "G"),
+        "info": run("info", str(card_dir)),
+        "info --json": run("info", str(card_dir), "--json"),
+        "reset-pin file": run("admin", str(card_dir), "reset-pin", "text", "--new-value-file", str(tmp_path / "new")),
+        "reset-pin bad": run("admin", str(card_dir), "reset-pin", "auth", env={"MYNAEMU_NEW_VALUE": bad}),
+        "kiosk-reset": run("admin", str(card_dir), "kiosk-reset", "auth", env={"MYNAEMU_OTHER_VALUE": pins["sign"],
+                                                                              "MYNAEMU_NEW_VALUE": new["kiosk"]}),
+        "kiosk-reset wrong": run("admin", str(card_dir), "kiosk-reset", "sign", env={"MYNAEMU_NEW_VALUE": new["sign"],
+                                                                                      "MYNAEMU_OTHER_VALUE": wrong["auth"]}),
+        "trace": run(str(card_dir), str(trace), bad, *session, script=TRACE_SCRIPT),
+    }
+    assert runs["send"].returncode == 0 and runs["send"].stdout.count("-> 9000") > 15, runs["send"]
+    assert "63C2" in runs["send"].stdout and my_number in runs["info --json"].stdout
+    assert runs["send odd hex"].returncode == 2 and runs["reset-pin bad"].returncode == 2
+    assert runs["kiosk-reset"].returncode == 0 and runs["kiosk-reset wrong"].returncode == 2
+    assert runs["trace"].stdout.count("exception:") == 3, runs["trace"]
+    secrets = Secrets(set(pins.values()) | set(new.values()) | set(wrong.values()) | {bad, wrong_value(my_number)},
+                      hex_only={my_number})  # the My Number is the holder's data: only its VERIFY form is secret
+    assert secrets.in_output(head + issued.stderr) == []
+    for name, res in runs.items():
+        assert secrets.in_output(res.stdout + res.stderr) == [], f"{name}:\n{res.stdout}{res.stderr}"
+    lines = trace.read_text().splitlines()
+    assert len(lines) == len(session)
+    for line in lines:
+        assert secrets.in_trace(line) == [], line
+    # File modes: 0600 files and 0700 directories whatever the umask, missing parents included.
+    for root in (card_dir, data / "authority"):
+        modes = _modes(root)
+        assert modes.pop(".") == 0o700, root
+        assert modes and all(m == 0o600 for m in modes.values()), modes
+    for created in (tmp_path / "a", tmp_path / "a" / "b", data):
+        assert stat.S_IMODE(created.stat().st_mode) == 0o700, created
+    assert stat.S_IMODE(trace.stat().st_mode) == 0o600
+
+
+def test_an_existing_trace_file_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    path.write_text("")
+    path.chmod(0o644)
+    with ApduTrace(path) as trace:
+        trace.event(0, "connect")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -26,7 +26,12 @@ from reader_bridge.vpcd import VpcdLink
         ("002C0001083132333435363738", "002C000108****************"),  # RESET RETRY COUNTER
         ("0020008004313233", "0020008004******"),  # Lc longer than the data: mask the tail
         ("00200080023132333400", "0020008002**********"),  # trailing junk: mask the tail
-        ("003200800435363738", "003200800435363738"),  # INS 32 in the ISO class: not a PIN
+        ("003200800435363738", "0032008004********"),  # CHANGE KEY sent with CLA 00: masked too
+        ("002100800431323334", "0021008004********"),  # odd-INS VERIFY
+        ("FF2000800431323334", "FF20008004********"),  # any class, even an invalid one
+        ("002000800031", "0020008000**"),  # P3 00 and a stray byte: not a length, masked
+        ("00200080003132", "0020008000****"),  # would be an extended Le, but VERIFY has none
+        ("0020008000000431", "00200080000004**"),  # extended Lc 4, one byte: the tail
         ("00A4040C03112233", "00A4040C03112233"),  # SELECT: untouched
         ("00B0000000", "00B0000000"),
     ],
