@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 
 from .card import Card, CardClosedError
-from .keys import KeyRing, Outcome, StorageFailure, format_ok, format_rule
+from .keys import KeyRing, Outcome, format_ok, format_rule
 
 # The kiosk rule: one JPKI secret may be reset only by presenting the other.
 KIOSK_PARTNER = {"auth": "sign", "sign": "auth"}
@@ -23,12 +23,11 @@ class AdminError(ValueError):
 
 @contextlib.contextmanager
 def _operating(card: Card) -> Iterator[KeyRing]:
-    """``card.operating()``, with its failures as AdminErrors that say what happened."""
+    """``card.operating()``; a closed card is an AdminError. A StorageFailure (the state could
+    not be written: a runtime failure, not a refused request) goes to the caller as it is."""
     try:
         with card.operating() as keyring:
             yield keyring
-    except StorageFailure as exc:
-        raise AdminError(f"the card's state could not be written, so the operation was refused ({exc})") from None
     except CardClosedError as exc:
         raise AdminError(str(exc)) from None
 

@@ -111,6 +111,8 @@ class Card:
         ``read_only=True`` loads beside a writer; such a view refuses every state change and never
         compares a secret (VERIFY with data answers 6581).
         """
+        if not Path(path).is_dir():
+            raise StateError(f"{path}: no card directory here (issue one with `mynaemu issue {path}`)")
         lock = None if read_only else acquire_card_lock(Path(path))
         try:
             card_dir = carddir.load(path, dir_fd=None if lock is None else lock.fd)

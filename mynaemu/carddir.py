@@ -129,7 +129,7 @@ def load(path: Path | str, *, dir_fd: int | None = None) -> CardDir:
     if not isinstance(card_id, str) or not card_id:
         raise StateError(f"{root / 'card.json'}: has no card_id")
     if not isinstance(meta.get("persona"), dict):
-        raise StateError(f"{root / 'card.json'}: has no persona table")
+        raise StateError(f"{root / 'card.json'}: has no valid persona (a table of the holder's facts)")
     docs = {}
     for name, fmt in (("content.json", CONTENT_FORMAT), ("keys.json", KEYS_FORMAT)):
         doc = read_json(root / name, fmt, VERSION, dir_fd=dir_fd)

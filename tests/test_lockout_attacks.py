@@ -25,6 +25,7 @@ import pytest
 
 from mynaemu import Card, StateError, admin
 from mynaemu.card import CardClosedError
+from mynaemu.keys import StorageFailure
 from mynaemu.state import CRASH_POINTS
 from mynaemu.testing import issue_test_card
 
@@ -340,7 +341,7 @@ def test_a_card_directory_replaced_under_a_loaded_card_is_never_written(card_dir
         assert verify_auth(card, b"1234") == MEMORY
     assert [(d / "state.json").read_bytes() for d in dirs] == before
     assert any("moved or replaced" in r.getMessage() for r in caplog.records)
-    with pytest.raises(admin.AdminError, match="moved or replaced"):
+    with pytest.raises(StorageFailure, match="moved or replaced"):
         admin.unblock(card, "auth")
 
 
