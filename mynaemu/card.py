@@ -27,6 +27,8 @@ from .apdu import ApduError, parse_fields
 from .aps import APPLICATION_CLASSES, Application, Session
 from .aps.base import Handler, build_efs
 from .keys import KeyRing, StorageFailure
+from .sm import SmError
+from .sm import parse_command_data as parse_sm_data
 from .state import CardLock, CardMovedError, StateError, StateStore, acquire_card_lock
 
 log = logging.getLogger("mynaemu.card")
@@ -76,7 +78,8 @@ class Card:
                 cls = APPLICATION_CLASSES.get(name, Application)
                 efs = build_efs(spec, card_dir.content, self._private_key)
                 objects = {tag: card_dir.content.get(cid, b"") for tag, cid in spec.data_objects.items()}
-                self.applications[name] = cls(spec, efs, self.keyring, objects)  # type: ignore[arg-type]
+                session_key = self._private_key(spec.session_key) if spec.session_key else None
+                self.applications[name] = cls(spec, efs, self.keyring, objects, session_key)  # type: ignore[arg-type]
         except ValueError as exc:  # content that does not fit its profile (e.g. an EF too small)
             if lock is not None:
                 lock.release()
@@ -214,6 +217,8 @@ class Card:
                     if handler is None:
                         return sw.INS_NOT_SUPPORTED
                     return handler(self.session, p1, p2, data, le, ext)
+                if cla == 0x08 and self.session.sm is not None:
+                    return self._secure_messaging(ins, p1, p2, data)
                 return _class_error(cla, ins)
             except ApduError as exc:
                 return exc.sw
@@ -223,6 +228,26 @@ class Card:
             except Exception:
                 log.exception("internal error answering INS %02X", apdu[1] if len(apdu) > 1 else 0)
                 return sw.INTERNAL_ERROR
+
+    def _secure_messaging(self, ins: int, p1: int, p2: int, data: bytes) -> bytes:
+        """A CLA 08 command in a secure-messaging session: unwrap, run as CLA 00, wrap the answer."""
+        session = self.session
+        sm = session.sm
+        assert sm is not None
+        if sm.broken:
+            return sw.NO_SM_SESSION
+        counter = sm.next_counter()  # every SM command advances it, a refused one too
+        try:
+            cryptogram, le = parse_sm_data(data)
+            inner = sm.cipher.unwrap_data(counter, cryptogram) if cryptogram is not None else b""
+        except SmError:
+            sm.broken = True
+            return sw.SM_DATA_OBJECTS_INCORRECT
+        handler = self._table.get(ins)
+        if handler is None:
+            return sw.INS_NOT_SUPPORTED
+        response = handler(session, p1, p2, inner, le, le is not None and le > 256)
+        return sm.cipher.wrap_data(counter, response[:-2]) + response[-2:]
 
     @contextlib.contextmanager
     def operating(self) -> Iterator[KeyRing]:

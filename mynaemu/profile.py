@@ -28,7 +28,7 @@ ATR_SIZES = range(2, 34)  # TS and T0 at least; ISO 7816-3 allows 33 bytes at mo
 TOP_FIELDS = ("format", "version", "card", "keys", "aps")
 CARD_FIELDS = ("atr_contact", "atr_contactless", "check_b_japanese_era")
 KEY_FIELDS = ("label", "limit", "format", "value", "change")
-AP_FIELDS = ("aid", "title", "ef", "data", "default_key")
+AP_FIELDS = ("aid", "title", "ef", "data", "default_key", "session_key", "session_key_use")
 EF_FIELDS = ("type", "content", "size", "filler", "read", "use", "key", "private_key", "ops")
 
 
@@ -73,6 +73,10 @@ class ApSpec:
     efs: dict[int, EfSpec]
     data_objects: dict[int, str]
     default_key: int | None
+    # SET SESSION KEY (80 AE): the private key the seed is encrypted to, and the keys any one of
+    # which must be verified first; "" where the AP has no secure messaging.
+    session_key: str = ""
+    session_key_use: frozenset[str] | None = frozenset()  # None: no credential needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +267,14 @@ def _ap(path: Path, name: str, value: object, keys: dict[str, KeySpec]) -> ApSpe
         default_key = int.from_bytes(_hex(path, where + ".default_key", dk, range(2, 3), "a file id"), "big")
         if default_key not in efs or efs[default_key].type != "rsa":
             raise _fail(path, where + ".default_key", f"{dk!r} is not an rsa EF of this application")
+    session_key = _str(path, where + ".session_key", a.get("session_key", ""))
+    if session_key and session_key not in PRIVATE_KEY_NAMES:
+        raise _fail(path, where + ".session_key", f"must be one of {PRIVATE_KEY_NAMES}, not {session_key!r}")
+    session_key_use: frozenset[str] | None = frozenset()
+    if session_key:
+        session_key_use = _rule(path, where + ".session_key_use", a.get("session_key_use", "never"), keys)
+    elif "session_key_use" in a:
+        raise _fail(path, where + ".session_key_use", "needs session_key")
     return ApSpec(
         name=name,
         aid=_hex(path, where + ".aid", a.get("aid"), range(5, 17), "an AID"),
@@ -270,6 +282,8 @@ def _ap(path: Path, name: str, value: object, keys: dict[str, KeySpec]) -> ApSpe
         efs=efs,
         data_objects=data_objects,
         default_key=default_key,
+        session_key=session_key,
+        session_key_use=session_key_use,
     )
 
 

@@ -14,6 +14,8 @@ SECURE_MESSAGING_NOT_SUPPORTED = b"\x68\x82"
 CHAINING_NOT_SUPPORTED = b"\x68\x84"
 COMMAND_INCOMPATIBLE = b"\x69\x81"
 SM_DATA_OBJECTS_MISSING = b"\x69\x87"
+SM_DATA_OBJECTS_INCORRECT = b"\x69\x88"
+NO_SESSION_KEY_HERE = b"\x66\xf1"
 NO_SM_SESSION = b"\x69\xfc"
 SECURITY_STATUS_NOT_SATISFIED = b"\x69\x82"
 KEY_BLOCKED = b"\x69\x84"
@@ -41,6 +43,8 @@ MEANINGS: dict[bytes, str] = {
     CHAINING_NOT_SUPPORTED: "command chaining not supported",
     COMMAND_INCOMPATIBLE: "command incompatible with file structure",
     SM_DATA_OBJECTS_MISSING: "secure messaging data objects missing",
+    SM_DATA_OBJECTS_INCORRECT: "secure messaging data objects incorrect (the session has ended)",
+    NO_SESSION_KEY_HERE: "no secure messaging in this application",
     NO_SM_SESSION: "no secure messaging session",
     SECURITY_STATUS_NOT_SATISFIED: "security status not satisfied",
     KEY_BLOCKED: "referenced key blocked",

@@ -23,30 +23,34 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .. import signing, sw
 from ..files import BinaryEf, Ef, OpaqueEf, PinEf, PrivateKeyEf, RecordEf
 from ..keys import KeyRing, Outcome, StorageFailure, format_ok
 from ..profile import ApSpec
+from ..sm import SmSession
 
 _E = TypeVar("_E", bound=Ef)
 Handler = Callable[["Session", int, int, bytes, "int | None", bool], bytes]
 
 OK = sw.OK
 TRIES_LEFT = sw.TRIES_LEFT
+_OAEP_SHA256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 MATCH, BLOCKED = Outcome.MATCH, Outcome.BLOCKED
 
 
 class Session:
     """The volatile security state: current application, current EF, verified keys."""
 
-    __slots__ = ("ap", "ef", "verified")
+    __slots__ = ("ap", "ef", "sm", "verified")
 
     def __init__(self, ap: Application) -> None:
         self.ap = ap
         self.ef: Ef | None = None
         self.verified: set[str] = set()
+        self.sm: SmSession | None = None  # the text AP's secure-messaging session, after SET SESSION KEY
 
 
 class Application:
@@ -63,10 +67,20 @@ class Application:
         (0x80, 0x2A): "compute_signature",
     }
 
+    # What SET SESSION KEY (80 AE) answers in an AP without secure messaging (MCARD measured
+    # 6982 in JPKI and 住基, 66F1 in the common and visual APs); None: not an instruction here.
+    SESSION_KEY_REFUSAL: bytes | None = None
+
     def __init__(
-        self, spec: ApSpec, efs: dict[int, Ef], keyring: KeyRing, data_objects: dict[int, bytes] | None = None
+        self,
+        spec: ApSpec,
+        efs: dict[int, Ef],
+        keyring: KeyRing,
+        data_objects: dict[int, bytes] | None = None,
+        session_key: rsa.RSAPrivateKey | None = None,
     ) -> None:
         self.spec = spec
+        self.session_key = session_key
         self.name = spec.name
         self.aid = spec.aid
         self.efs = efs
@@ -76,6 +90,8 @@ class Application:
         self.table: dict[int, Handler] = {
             (cla << 8) | ins: getattr(self, method) for (cla, ins), method in self.COMMANDS.items()
         }
+        if session_key is not None or self.SESSION_KEY_REFUSAL is not None:
+            self.table[0x80AE] = self.set_session_key
 
     # -- helpers -------------------------------------------------------------------------------
     def _key_ef(self, session: Session, p2: int, kind: type[_E]) -> _E | bytes:
@@ -279,6 +295,31 @@ class Application:
         if not 1 <= len(data) <= 255:
             return sw.WRONG_LENGTH
         return signing.internal_authenticate(ef.key, data) + OK
+
+    # -- SET SESSION KEY (80 AE) ---------------------------------------------------------------
+    def set_session_key(self, session: Session, p1: int, p2: int, data: bytes, le: int | None, ext: bool) -> bytes:
+        """Start secure messaging: the seed comes RSA-OAEP(SHA-256)-encrypted (see mynaemu.sm)."""
+        key = self.session_key
+        if key is None:
+            return self.SESSION_KEY_REFUSAL or sw.INS_NOT_SUPPORTED
+        if p1 or p2:
+            return sw.WRONG_P1P2
+        rule = self.spec.session_key_use
+        if rule is not None and rule.isdisjoint(session.verified):
+            return sw.SECURITY_STATUS_NOT_SATISFIED
+        if len(data) != key.key_size // 8 or le is not None:
+            return sw.WRONG_LENGTH
+        if int.from_bytes(data, "big") >= key.public_key().public_numbers().n:
+            return sw.INTERNAL_ERROR  # what MCARD measured for a ciphertext the key cannot hold
+        try:
+            plain = key.decrypt(data, _OAEP_SHA256)
+        except ValueError:
+            return sw.WRONG_DATA
+        # A0 22 80 20 <32-byte seed>: the only structure the card takes.
+        if len(plain) != 36 or plain[:4] != b"\xa0\x22\x80\x20":
+            return sw.WRONG_DATA
+        session.sm = SmSession(plain[4:])
+        return OK
 
     # -- GET CHALLENGE (00 84) -----------------------------------------------------------------
     def get_challenge(self, session: Session, p1: int, p2: int, data: bytes, le: int | None, ext: bool) -> bytes:

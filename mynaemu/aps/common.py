@@ -6,6 +6,7 @@ without credential; the 4-digit PIN at 001C changes with 80 32 00 80 (spec Part 
 
 from __future__ import annotations
 
+from .. import sw
 from .base import Application
 
 
@@ -13,3 +14,4 @@ class CommonAp(Application):
     """The common card application."""
 
     COMMANDS = {**Application.COMMANDS, (0x80, 0x32): "change_key"}
+    SESSION_KEY_REFUSAL = sw.NO_SESSION_KEY_HERE  # no secure messaging here (MCARD measured it)

@@ -7,6 +7,7 @@ password (001B); the signing certificate (EF 0001) is read only with the signing
 
 from __future__ import annotations
 
+from .. import sw
 from .base import Application
 
 
@@ -14,3 +15,4 @@ class JpkiAp(Application):
     """The JPKI application."""
 
     COMMANDS = {**Application.COMMANDS, (0x00, 0x24): "change_reference_data"}
+    SESSION_KEY_REFUSAL = sw.SECURITY_STATUS_NOT_SATISFIED  # no secure messaging here (MCARD measured it)

@@ -5,6 +5,7 @@ The PIN changes with the JICSAP CHANGE KEY command 80 32 00 80 after a successfu
 
 from __future__ import annotations
 
+from .. import sw
 from .base import Application
 
 
@@ -12,3 +13,4 @@ class JukiAp(Application):
     """The resident-registry application."""
 
     COMMANDS = {**Application.COMMANDS, (0x80, 0x32): "change_key"}
+    SESSION_KEY_REFUSAL = sw.SECURITY_STATUS_NOT_SATISFIED  # no secure messaging here (MCARD measured it)

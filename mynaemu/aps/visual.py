@@ -7,6 +7,7 @@ record) with the birth-date key (spec Part B §2.3). The AP signs challenges wit
 
 from __future__ import annotations
 
+from .. import sw
 from .base import Application
 
 
@@ -14,3 +15,4 @@ class VisualAp(Application):
     """The face-check application."""
 
     COMMANDS = dict(Application.COMMANDS)
+    SESSION_KEY_REFUSAL = sw.NO_SESSION_KEY_HERE  # no secure messaging here (MCARD measured it)
