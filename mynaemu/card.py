@@ -30,6 +30,7 @@ from .keys import KeyRing, StorageFailure
 from .sm import SmError
 from .sm import parse_command_data as parse_sm_data
 from .state import CardLock, CardMovedError, StateError, StateStore, acquire_card_lock
+from .tlv import TlvError, parse_tlv
 
 log = logging.getLogger("mynaemu.card")
 
@@ -53,8 +54,14 @@ class Card:
     """
 
     def __init__(
-        self, card_dir: carddir.CardDir, *, interface: str = "contact", read_only: bool = False, lock: CardLock | None = None
+        self,
+        card_dir: carddir.CardDir,
+        *,
+        interface: str | None = None,
+        read_only: bool = False,
+        lock: CardLock | None = None,
     ) -> None:
+        interface = card_dir.profile.interface if interface is None else interface
         if interface not in ("contact", "contactless"):
             raise ValueError("interface must be 'contact' or 'contactless'")
         if lock is None and not read_only:
@@ -77,7 +84,8 @@ class Card:
             for name, spec in self.profile.aps.items():
                 cls = APPLICATION_CLASSES.get(name, Application)
                 efs = build_efs(spec, card_dir.content, self._private_key)
-                objects = {tag: card_dir.content.get(cid, b"") for tag, cid in spec.data_objects.items()}
+                objects = {tag: _data_object(tag, card_dir.content.get(cid, b""), self.profile.get_data_template)
+                           for tag, cid in spec.data_objects.items()}
                 session_key = self._private_key(spec.session_key) if spec.session_key else None
                 self.applications[name] = cls(spec, efs, self.keyring, objects, session_key)  # type: ignore[arg-type]
         except ValueError as exc:  # content that does not fit its profile (e.g. an EF too small)
@@ -105,12 +113,13 @@ class Card:
         _live_cards.add(self)
 
     @classmethod
-    def load(cls, path: Path | str, *, interface: str = "contact", read_only: bool = False) -> Card:
+    def load(cls, path: Path | str, *, interface: str | None = None, read_only: bool = False) -> Card:
         """Load a card issued earlier into ``path``; raise StateError if any file is broken.
 
         A writable load holds the card's writer lock until ``close()`` (or until the card is
         garbage-collected): another process loading it for writing, or a second writable load of
         the same directory in this process (however its path is spelled), gets a StateError.
+        ``interface`` ("contact" or "contactless") defaults to the card variant's.
         ``read_only=True`` loads beside a writer; such a view refuses every state change and never
         compares a secret (VERIFY with data answers 6581).
         """
@@ -291,8 +300,11 @@ class Card:
             ap = next((a for a in self.applications.values() if len(data) >= 5 and a.aid.startswith(data)), None)
             if ap is None:
                 return sw.FILE_NOT_FOUND
-        self.session = Session(ap)
-        self._table = self._tables[ap.name]
+        if ap is not self.session.ap or not self.profile.reselect_keeps_status:
+            # A new selection clears the security status; re-selecting the current AP does too
+            # unless the card variant keeps it (D6).
+            self.session = Session(ap)
+            self._table = self._tables[ap.name]
         if p2 == 0x0C:
             return sw.OK
         name = b"\x84" + bytes((len(ap.aid),)) + ap.aid
@@ -309,6 +321,22 @@ class Card:
     def tries_left(self, key: str) -> int:
         """Tries left of one key (names as in the profile: auth, sign, text, ...)."""
         return self.keyring[key].tries_left
+
+
+def _data_object(tag: int, content: bytes | list[bytes], template: str) -> bytes:
+    """What GET DATA answers for ``tag``: a constructed object stored whole (7F21 {...}) answers
+    its contents, as the evidence suggests real cards do, unless the card variant says "whole"."""
+    if not isinstance(content, bytes):
+        raise ValueError(f"GET DATA {tag:04X} must be bytes, not records")
+    first = tag >> 8 if tag > 0xFF else tag
+    if template == "contents" and first & 0x20 and content:
+        try:
+            item = parse_tlv(content)
+        except TlvError:
+            return content
+        if item.tag == tag and item.end == len(content):
+            return item.value
+    return content
 
 
 def _refuse_inherited_cards() -> None:

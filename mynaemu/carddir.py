@@ -128,6 +128,13 @@ def load(path: Path | str, *, dir_fd: int | None = None) -> CardDir:
     card_id = meta.get("card_id")
     if not isinstance(card_id, str) or not card_id:
         raise StateError(f"{root / 'card.json'}: has no card_id")
+    variant = meta.get("variant", "default")
+    try:
+        profile = profile.with_variant(variant) if isinstance(variant, str) else None
+    except ProfileError as exc:
+        raise StateError(f"{root / 'card.json'}: variant: {exc}") from None
+    if profile is None:
+        raise StateError(f"{root / 'card.json'}: variant must be a string, not {variant!r}")
     if not isinstance(meta.get("persona"), dict):
         raise StateError(f"{root / 'card.json'}: has no valid persona (a table of the holder's facts)")
     docs = {}

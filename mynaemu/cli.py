@@ -30,7 +30,7 @@ from .issuance import IssuanceError, issue_card, persona_from_json
 from .keys import StorageFailure
 from .persona import MEIJI_START
 from .private_files import make_private_dirs
-from .profile import ProfileError
+from .profile import Profile, ProfileError
 from .redact import mask_command, mask_hex_text, scrub
 from .state import StateError
 
@@ -184,6 +184,14 @@ def _persona(args: argparse.Namespace):
     return persona
 
 
+def _variant_names() -> list[str]:
+    """The default profile's card variants, for --help (a broken install lists just "default")."""
+    try:
+        return Profile.load().variant_names()
+    except ProfileError:
+        return ["default"]
+
+
 def cmd_issue(args: argparse.Namespace) -> int:
     secrets = {
         key: secret_value(f"the {key} PIN", arg=getattr(args, f"{key}_pin"), arg_name=f"--{key}-pin",
@@ -193,7 +201,10 @@ def cmd_issue(args: argparse.Namespace) -> int:
     persona = _persona(args)
     private_dir(data_dir())
     try:
-        issued = issue_card(args.card_dir, persona=persona, secrets=secrets, profile=args.profile)
+        profile = Profile.load(args.profile)
+        if args.variant not in profile.variant_names():
+            raise UsageError(f"--variant: invalid choice {args.variant!r} (choose from {', '.join(profile.variant_names())})")
+        issued = issue_card(args.card_dir, persona=persona, secrets=secrets, profile=profile, variant=args.variant)
     except OSError as exc:
         raise RuntimeFailure(f"{exc.strerror or exc}") from None
     p = issued.persona
@@ -231,11 +242,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}
     keys = card.key_status()
     if args.json:
-        json.dump({"card_id": card.dir.card_id, "persona": persona, "applications": apps, "keys": keys},
+        json.dump({"card_id": card.dir.card_id, "variant": card.profile.variant, "persona": persona,
+                   "applications": apps, "keys": keys},
                   sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
-    print(f"Card {card.dir.card_id} in {card.dir.path}")
+    print(f"Card {card.dir.card_id} in {card.dir.path}, variant {card.profile.variant}")
     print(f"  {p.name} ({p.name_kana}), born {p.birth.isoformat()}, sex {p.sex}")
     print(f"  {p.address}")
     print(f"  card expiry {p.card_expiry.isoformat()}, certificates {p.cert_expiry.isoformat()}")
@@ -654,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     _secret_option(p, "juki", "住基 and common AP PIN, 4 digits")
     p.add_argument("--profile", type=Path, help="card profile TOML (default: apdu_specs/profile.toml)")
     p.add_argument("--seed", type=int, help="seed for a reproducible random persona")
+    p.add_argument("--variant", default="default", metavar="NAME",
+                   help="card variant, where real cards differ; choices: " + ", ".join(_variant_names())
+                   + " (a --profile may define others)")
     p.set_defaults(func=cmd_issue)
 
     p = sub.add_parser("info", help="show a card's persona, applications and key counters")

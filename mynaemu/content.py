@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import images, pki
 from .persona import Persona
-from .tlv import CK_TOKEN_INFO, encode_length, encode_tag, parse_tlv, simple_tlv, tlv
+from .tlv import CK_TOKEN_INFO, encode_length, encode_tag, long_form_length, parse_tlv, simple_tlv, tlv
 
 __all__ = ["CONTENT_IDS", "KEY_IDS", "CardKeys", "build_contents", "offset_table_record", "token_info"]
 
@@ -129,20 +129,23 @@ class CardKeys:
 
 
 # -- layouts -----------------------------------------------------------------------------------
-def offset_table_record(outer_tag: int, table_tag: int, items: list[bytes]) -> bytes:
+def offset_table_record(outer_tag: int, table_tag: int, items: list[bytes], *, long_length: bool = False) -> bytes:
     """`outer { table (one big-endian u16 per item: its offset from the start) , items... }`.
 
     The layout of text EF 0002 (DF21 over DF22..DF25) and visual EF 0002 (DF21 over DF22..DF2A).
+    ``long_length`` writes the outer length as `82 HH LL` whatever its size (a card variant, §4.5).
     """
     table_len = 2 * len(items)
     table_size = len(encode_tag(table_tag)) + len(encode_length(table_len)) + table_len
     value_len = table_size + sum(len(item) for item in items)
-    position = len(encode_tag(outer_tag)) + len(encode_length(value_len)) + table_size
+    outer_length = long_form_length(value_len) if long_length else encode_length(value_len)
+    position = len(encode_tag(outer_tag)) + len(outer_length) + table_size
     offsets = bytearray()
     for item in items:
         offsets += position.to_bytes(2, "big")
         position += len(item)
-    return tlv(outer_tag, tlv(table_tag, bytes(offsets)) + b"".join(items))
+    value = tlv(table_tag, bytes(offsets)) + b"".join(items)
+    return encode_tag(outer_tag) + outer_length + value
 
 
 def token_info(persona: Persona) -> bytes:
@@ -203,7 +206,7 @@ ATR_TAIL = bytes.fromhex("E000FF8131FE4514")
 
 # -- the builder -------------------------------------------------------------------------------
 def build_contents(
-    persona: Persona, keys: CardKeys, authority: pki.Authority, *, japanese_era: bool = True
+    persona: Persona, keys: CardKeys, authority: pki.Authority, *, japanese_era: bool = True, basic4_length: str = "short"
 ) -> dict[str, bytes | list[bytes]]:
     """Every content id of the profile for this persona, key set and authority.
 
@@ -214,7 +217,7 @@ def build_contents(
     del japanese_era
     out: dict[str, bytes | list[bytes]] = {}
     out.update(_jpki(persona, keys, authority))
-    out.update(_text(persona, keys, authority))
+    out.update(_text(persona, keys, authority, long_basic4=basic4_length == "long"))
     out.update(_visual(persona, keys, authority))
     out.update(_records_and_mf(persona, keys, authority))
     return out
@@ -237,7 +240,7 @@ def _jpki(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[st
     }
 
 
-def _text(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[str, bytes]:
+def _text(persona: Persona, keys: CardKeys, authority: pki.Authority, *, long_basic4: bool = False) -> dict[str, bytes]:
     ap_public = keys.text_ap.public_key()
     ap_key = pki.encode_rsa_public_key(ap_public)
 
@@ -251,6 +254,7 @@ def _text(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[st
             tlv(0xDF24, _ymd(persona.birth)),
             tlv(0xDF25, persona.sex.encode("ascii")),
         ],
+        long_length=long_basic4,
     )
     # DF32 covers EF 0002 from DF22 (the first offset) to the end of the FF20 value (§5.3).
     table = parse_tlv(basic4, parse_tlv(basic4).value_start)

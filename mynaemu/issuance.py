@@ -139,8 +139,11 @@ def issue_card(
     profile: Profile | Path | str | None = None,
     authority: Authority | None = None,
     keys: CardKeys | None = None,
+    variant: str = "default",
 ) -> IssuedCard:
     """Issue a new card into ``card_dir`` (which must not hold a card yet).
+
+    ``variant`` names one of the profile's card variants (``Profile.variant_names()``).
 
     Raises IssuanceError (or ProfileError) for a request that breaks a rule, before anything is
     written; OSError when the card cannot be written (e.g. a full disk), leaving nothing behind.
@@ -156,11 +159,15 @@ def issue_card(
     if keys is not None and not isinstance(keys, CardKeys):
         raise IssuanceError(f"keys must be a mynaemu.content.CardKeys, not {type(keys).__name__}")
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)
+    if not isinstance(variant, str):
+        raise IssuanceError(f"variant must be a string, not {type(variant).__name__}")
+    prof = prof.with_variant(variant)
     values = check_secrets(prof, secrets if secrets is not None else {})
     persona = persona or Persona.generate()
     authority = authority or Authority.load_or_create(default_authority_dir())
     keys = keys or CardKeys.generate()
-    content = build_contents(persona, keys, authority, japanese_era=prof.check_b_japanese_era)
+    content = build_contents(persona, keys, authority, japanese_era=prof.check_b_japanese_era,
+                             basic4_length=prof.basic4_length)
     prof.check_issued_content(content)  # a card that would not load is never written
     # The card's own identity, bound into every file of its directory: random per card (test
     # cards of one persona share their serial number), so files of two cards never pass as one.
@@ -168,6 +175,7 @@ def issue_card(
     meta = {
         "card_id": card_id,
         "persona": persona_to_json(persona),
+        "variant": prof.variant,
         "issued_by": "mynaemu (emulated card; not a real My Number card)",
     }
     try:

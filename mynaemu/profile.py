@@ -7,10 +7,11 @@ that a later change of the default never changes an issued card.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "apdu_specs" / "profile.toml"
@@ -25,8 +26,14 @@ PRIVATE_KEY_NAMES = ("jpki.auth", "jpki.sign", "text.ap", "text.sm", "visual.ap"
 # Keys whose value the holder chooses (issuance: auth, sign, text, juki; common takes juki's).
 SECRET_KEY_NAMES = ("auth", "sign", "text", "juki", "common")
 ATR_SIZES = range(2, 34)  # TS and T0 at least; ISO 7816-3 allows 33 bytes at most
-TOP_FIELDS = ("format", "version", "card", "keys", "aps")
-CARD_FIELDS = ("atr_contact", "atr_contactless", "check_b_japanese_era")
+TOP_FIELDS = ("format", "version", "card", "keys", "aps", "variants")
+# Card settings: each one may also be changed by a named variant ([variants.NAME]).
+CARD_SETTINGS = ("interface", "basic4_length", "reselect_keeps_status", "get_data_template")
+CARD_FIELDS = ("atr_contact", "atr_contactless", "check_b_japanese_era", *CARD_SETTINGS)
+VARIANT_FIELDS = ("description", *CARD_SETTINGS)
+INTERFACES = ("contact", "contactless")
+BASIC4_LENGTHS = ("short", "long")
+GET_DATA_TEMPLATES = ("contents", "whole")
 KEY_FIELDS = ("label", "limit", "format", "value", "change")
 AP_FIELDS = ("aid", "title", "ef", "data", "default_key", "session_key", "session_key_use")
 EF_FIELDS = ("type", "content", "size", "filler", "read", "use", "key", "private_key", "ops")
@@ -89,6 +96,31 @@ class Profile:
     check_b_japanese_era: bool
     keys: dict[str, KeySpec]
     aps: dict[str, ApSpec]
+    # Where real cards differ (docs/card-interface.md, D13): the interface a card answers on by
+    # default, the length form of the text AP's basic-four record (FF 20 LL or FF 20 82 HH LL),
+    # whether re-selecting the current AP keeps its security status, and whether GET DATA of a
+    # constructed object (7F21) answers its contents or the whole object.
+    interface: str = "contact"
+    basic4_length: str = "short"
+    reselect_keeps_status: bool = False
+    get_data_template: str = "contents"
+    variants: dict[str, dict[str, object]] = field(default_factory=dict)
+    variant: str = "default"
+
+    def with_variant(self, name: str) -> Profile:
+        """This profile with the settings of variant ``name`` ("default": as written)."""
+        if name == "default":
+            return self
+        overrides = self.variants.get(name)
+        if overrides is None:
+            choices = ", ".join(["default", *self.variants])
+            raise ProfileError(f"{self.path}: no variant {name!r}; variants: {choices}")
+        settings = {k: v for k, v in overrides.items() if k != "description"}
+        return replace(self, **settings, variant=name)  # type: ignore[arg-type]
+
+    def variant_names(self) -> list[str]:
+        """Every variant this profile can issue, "default" first."""
+        return ["default", *self.variants]
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> Profile:
@@ -200,9 +232,9 @@ def _key(path: Path, name: str, value: object) -> KeySpec:
     limit = k.get("limit")
     if type(limit) is not int or not 1 <= limit <= 15:
         raise _fail(path, where, f"limit must be an integer from 1 to 15 (it is the low nibble of 63Cx), not {limit!r}")
-    for field, allowed in (("format", KEY_FORMATS), ("value", KEY_VALUES), ("change", KEY_CHANGES)):
-        if k.get(field) not in allowed:
-            raise _fail(path, where, f"{field} must be one of {allowed}, not {k.get(field)!r}")
+    for fname, allowed in (("format", KEY_FORMATS), ("value", KEY_VALUES), ("change", KEY_CHANGES)):
+        if k.get(fname) not in allowed:
+            raise _fail(path, where, f"{fname} must be one of {allowed}, not {k.get(fname)!r}")
     if k["value"] == "secret":
         if name not in SECRET_KEY_NAMES:
             raise _fail(path, where, f'value = "secret" is only for the holder\'s secrets {SECRET_KEY_NAMES}')
@@ -311,6 +343,14 @@ def _parse(path: Path, raw: dict) -> Profile:
     era = card.get("check_b_japanese_era", True)
     if not isinstance(era, bool):
         raise _fail(path, "card.check_b_japanese_era", f"must be true or false, not {era!r}")
+    settings = _settings(path, "card", card)
+    variants: dict[str, dict[str, object]] = {}
+    for vname, v in _table(path, "variants", raw.get("variants", {})).items():
+        if vname == "default" or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", vname):
+            raise _fail(path, f"variants.{vname}", "a variant name is 1-32 lower-case letters, digits and '-', not 'default'")
+        table = _table(path, f"variants.{vname}", v, VARIANT_FIELDS)
+        variants[vname] = {**_settings(path, f"variants.{vname}", table),
+                           "description": _str(path, f"variants.{vname}.description", table.get("description", ""))}
     return Profile(
         path=path,
         atr_contact=_hex(path, "card.atr_contact", card.get("atr_contact", "3BE000FF8131FE4514"), ATR_SIZES, "an ATR"),
@@ -319,4 +359,22 @@ def _parse(path: Path, raw: dict) -> Profile:
         check_b_japanese_era=era,
         keys=keys,
         aps=aps,
+        **settings,  # type: ignore[arg-type]
+        variants=variants,
     )
+
+
+def _settings(path: Path, where: str, table: dict) -> dict[str, object]:
+    """The card settings given in ``table`` (a [card] or [variants.NAME] table), checked."""
+    out: dict[str, object] = {}
+    for name, choices in (("interface", INTERFACES), ("basic4_length", BASIC4_LENGTHS),
+                          ("get_data_template", GET_DATA_TEMPLATES)):
+        if name in table:
+            if table[name] not in choices:
+                raise _fail(path, f"{where}.{name}", f"must be one of {', '.join(choices)}, not {table[name]!r}")
+            out[name] = table[name]
+    if "reselect_keeps_status" in table:
+        if not isinstance(table["reselect_keeps_status"], bool):
+            raise _fail(path, f"{where}.reselect_keeps_status", f"must be true or false, not {table['reselect_keeps_status']!r}")
+        out["reselect_keeps_status"] = table["reselect_keeps_status"]
+    return out

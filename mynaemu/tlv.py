@@ -73,6 +73,16 @@ def encode_length(length: int) -> bytes:
     raise TlvError(f"length {length} does not fit the card's 82 xx xx form")
 
 
+def long_form_length(length: int) -> bytes:
+    """A BER length in the two-byte long form (82 HH LL) whatever its size.
+
+    DER would take the shortest form; BER allows this one, and some cards write it (§4.5).
+    """
+    if not 0 <= length <= MAX_LENGTH:
+        raise TlvError(f"length {length} does not fit two bytes")
+    return b"\x82" + length.to_bytes(2, "big")
+
+
 def encode_tag(tag: int) -> bytes:
     """A tag number as its 1, 2 or 3 bytes (`0xDF21` -> `DF 21`)."""
     if tag < 0 or tag > 0xFFFFFF:
