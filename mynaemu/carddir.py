@@ -1,7 +1,8 @@
 """The files of one issued card in its CARD_DIR, read and written.
 
     profile.toml   the profile the card was issued with (a copy; the card never re-reads the default)
-    card.json      card id, persona, issuance facts (no secrets besides the persona's own data)
+    card.json      card id, persona, issuance facts, "kind" for demo and test cards (no secrets
+                   besides the persona's own data)
     content.json   every EF body and GET DATA object, hex
     keys.json      the card's private keys, PKCS#8 PEM (0600)
     state.json     retry counters and reference values (0600), see ``state``
@@ -26,6 +27,8 @@ from .state import StateError, atomic_write, read_json
 
 CARD_FORMAT, CONTENT_FORMAT, KEYS_FORMAT = "mynaemu-card", "mynaemu-content", "mynaemu-keys"
 VERSION = 1
+# card.json "kind": a card whose secrets are published (the demo card, test cards); absent otherwise.
+CARD_KINDS = ("demo", "test")
 
 
 @dataclass(slots=True)
@@ -130,6 +133,8 @@ def load(path: Path | str, *, dir_fd: int | None = None) -> CardDir:
         raise StateError(f"{root / 'card.json'}: has no card_id")
     if not isinstance(meta.get("persona"), dict):
         raise StateError(f"{root / 'card.json'}: has no persona table")
+    if "kind" in meta and meta["kind"] not in CARD_KINDS:
+        raise StateError(f"{root / 'card.json'}: kind must be one of {', '.join(CARD_KINDS)} (or absent), not {meta['kind']!r}")
     docs = {}
     for name, fmt in (("content.json", CONTENT_FORMAT), ("keys.json", KEYS_FORMAT)):
         doc = read_json(root / name, fmt, VERSION, dir_fd=dir_fd)

@@ -17,6 +17,7 @@ from datetime import date
 from pathlib import Path
 
 from . import carddir
+from .carddir import CARD_KINDS
 from .content import CardKeys, build_contents
 from .keys import format_ok, format_rule
 from .persona import Persona, check_number_b, japanese_era_yymmdd
@@ -28,6 +29,10 @@ from .state import StateStore
 # (spec Part A.1): the card's user interfaces present them as one PIN.
 SECRET_KEYS = ("auth", "sign", "text", "juki")
 SECRET_ALIASES = {"common": "juki"}
+
+# card.json "kind" (carddir.CARD_KINDS) marks a card whose secrets are published, so that
+# ``mynaemu info --secrets`` shows them: the demo card of ``mynaemu serve`` ("demo") and the test
+# cards of ``mynaemu.testing`` ("test"). Other cards have no kind; their secrets are shown once.
 
 
 class IssuanceError(ValueError):
@@ -91,6 +96,9 @@ def _reference_values(profile: Profile, persona: Persona, secrets: dict[str, str
 
 def check_secrets(profile: Profile, given: dict[str, str | None]) -> dict[str, str]:
     """Fill in random values for missing secrets and check given ones against their format."""
+    unknown = sorted(set(given) - set(SECRET_KEYS))
+    if unknown:
+        raise IssuanceError(f"unknown secret(s) {', '.join(unknown)} (the secrets are {', '.join(SECRET_KEYS)})")
     out: dict[str, str] = {}
     for name in SECRET_KEYS:
         spec = profile.keys[name]
@@ -111,8 +119,17 @@ def issue_card(
     profile: Profile | Path | str | None = None,
     authority: Authority | None = None,
     keys: CardKeys | None = None,
+    kind: str | None = None,
+    tries: dict[str, int] | None = None,
 ) -> IssuedCard:
-    """Issue a new card into ``card_dir`` (which must not hold a card yet)."""
+    """Issue a new card into ``card_dir`` (which must not hold a card yet).
+
+    ``keys`` default to six from the installation's key pool (``keypool``: every card its own);
+    ``kind`` ("demo" or "test") marks a card whose secrets are published; ``tries`` sets the
+    initial tries left per key name (e.g. ``{"auth": 1}``), each from 0 to the key's limit.
+    """
+    if kind is not None and kind not in CARD_KINDS:
+        raise IssuanceError(f"kind {kind!r}: a card's kind is one of {', '.join(CARD_KINDS)} (or none)")
     root = Path(card_dir)
     if (root / "card.json").exists() or (root / "state.json").exists():
         raise IssuanceError(
@@ -123,8 +140,18 @@ def issue_card(
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)
     persona = persona or Persona.generate()
     values = check_secrets(prof, secrets or {})
+    reference = _reference_values(prof, persona, values)
+    for name, count in (tries or {}).items():
+        if name not in reference:
+            raise IssuanceError(f"tries: no key {name!r} (keys: {', '.join(reference)})")
+        limit = reference[name]["limit"]
+        if not reference[name]["value"]:
+            raise IssuanceError(f"tries: key {name!r} has no value on this card; it stays blocked")
+        if type(count) is not int or not 0 <= count <= limit:
+            raise IssuanceError(f"tries: {name} takes an integer from 0 to its limit {limit}, not {count!r}")
+        reference[name]["tries_left"] = count
     authority = authority or Authority.load_or_create(default_authority_dir())
-    keys = keys or CardKeys.generate()
+    keys = keys or CardKeys.from_pool()
     content = build_contents(persona, keys, authority, japanese_era=prof.check_b_japanese_era)
     # The card's own identity, bound into every file of its directory: random per card (test
     # cards of one persona share their serial number), so files of two cards never pass as one.
@@ -134,11 +161,13 @@ def issue_card(
         "persona": persona_to_json(persona),
         "issued_by": "mynaemu (emulated card; not a real My Number card)",
     }
+    if kind is not None:
+        meta["kind"] = kind
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         carddir.write(staging, prof.text(), meta, content, keys.to_pem_dict())
-        StateStore(staging / "state.json", card_id).save(_reference_values(prof, persona, values))
+        StateStore(staging / "state.json", card_id).save(reference)
         if root.exists():
             root.rmdir()
         os.rename(staging, root)

@@ -1,16 +1,19 @@
 """The card profile: AIDs, EFs, sizes, access rules and retry limits, loaded from TOML.
 
-The default profile is ``apdu_specs/profile.toml``; a card keeps its own copy in its CARD_DIR so
-that a later change of the default never changes an issued card.
+The default profile is ``apdu_specs/profile.toml``, package data read through
+``importlib.resources`` (so it is found in a wheel as in the source tree); a card keeps its own
+copy in its CARD_DIR so that a later change of the default never changes an issued card.
 """
 
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "apdu_specs" / "profile.toml"
+DEFAULT_PROFILE: Traversable = resources.files("apdu_specs") / "profile.toml"
 
 KEY_FORMATS = ("digits4", "digits6", "digits12", "digits14", "password", "any")
 KEY_VALUES = ("secret", "my_number", "check_b", "birth_yymmdd", "none")
@@ -66,7 +69,7 @@ class ApSpec:
 class Profile:
     """The whole card profile."""
 
-    path: Path
+    path: Path | Traversable
     atr_contact: bytes
     atr_contactless: bytes
     check_b_japanese_era: bool
@@ -74,9 +77,9 @@ class Profile:
     aps: dict[str, ApSpec]
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> Profile:
-        """Read and check a profile; raise ProfileError naming what is wrong."""
-        p = Path(path) if path is not None else DEFAULT_PROFILE
+    def load(cls, path: Path | str | Traversable | None = None) -> Profile:
+        """Read and check a profile (default: ``DEFAULT_PROFILE``); raise ProfileError naming what is wrong."""
+        p = DEFAULT_PROFILE if path is None else Path(path) if isinstance(path, str) else path
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -90,18 +93,18 @@ class Profile:
         return self.path.read_text(encoding="utf-8")
 
 
-def _fail(path: Path, where: str, msg: str) -> ProfileError:
+def _fail(path: Path | Traversable, where: str, msg: str) -> ProfileError:
     return ProfileError(f"{path}: {where}: {msg}")
 
 
-def _hex(path: Path, where: str, value: object) -> bytes:
+def _hex(path: Path | Traversable, where: str, value: object) -> bytes:
     try:
         return bytes.fromhex(str(value))
     except ValueError:
         raise _fail(path, where, f"not hex: {value!r}") from None
 
 
-def _rule(path: Path, where: str, value: object, keys: dict[str, KeySpec]) -> frozenset[str] | None:
+def _rule(path: Path | Traversable, where: str, value: object, keys: dict[str, KeySpec]) -> frozenset[str] | None:
     if value == "free":
         return None
     if value == "never":
@@ -114,7 +117,7 @@ def _rule(path: Path, where: str, value: object, keys: dict[str, KeySpec]) -> fr
     raise _fail(path, where, f'access rule must be "free", "never" or a list of key names, not {value!r}')
 
 
-def _parse(path: Path, raw: dict) -> Profile:
+def _parse(path: Path | Traversable, raw: dict) -> Profile:
     if raw.get("format") != "mynaemu-profile" or raw.get("version") != 1:
         raise _fail(path, "header", 'expected format = "mynaemu-profile" and version = 1')
     card = raw.get("card", {})
