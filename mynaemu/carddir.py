@@ -98,7 +98,7 @@ def _decode_keys(path: Path, pems: object) -> dict[str, rsa.RSAPrivateKey]:
 def _check_certificates(root: Path, content: dict[str, bytes | list[bytes]], keys: dict[str, rsa.RSAPrivateKey]) -> None:
     for cert_id, key_id in _CERTIFIED_KEYS:
         der, key = content.get(cert_id), keys.get(key_id)
-        if not isinstance(der, bytes) or key is None:
+        if not isinstance(der, bytes) or not der or key is None:  # b"": no signing certificate (under 15)
             continue
         try:
             cert = x509.load_der_x509_certificate(der)
