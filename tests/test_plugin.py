@@ -61,6 +61,13 @@ def test_docs_example_in_process(pytester: pytest.Pytester, module: str, passed:
     result.assert_outcomes(passed=passed)
 
 
+def test_readme_example(pytester: pytest.Pytester) -> None:
+    readme = (DOC.parent.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```$", readme, flags=re.M | re.S) if b.startswith("def test_")]
+    pytester.makepyfile(test_readme=block)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
 def test_fixtures_are_listed(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--fixtures", "-p", "no:cacheprovider")
     out = result.stdout.str()
