@@ -33,6 +33,11 @@ def doc_modules() -> dict[str, str]:
 MODULES = doc_modules()
 
 
+# Inner sessions without the other plugins of this venv: hypothesis's re-imports itself in every
+# in-process run (~0.5 s each); mynaemu's plugin must stand on its own anyway.
+QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark")
+
+
 def write_module(pytester: pytest.Pytester, name: str) -> None:
     pytester.makepyfile(**{name.removesuffix(".py"): MODULES[name]})
 
@@ -57,7 +62,7 @@ def test_plugin_is_an_entry_point() -> None:
 @pytest.mark.parametrize(("module", "passed"), [("test_card.py", 3), ("test_connection.py", 2), ("test_factory.py", 4)])
 def test_docs_example_in_process(pytester: pytest.Pytester, module: str, passed: int) -> None:
     write_module(pytester, module)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest(*QUIET)
     result.assert_outcomes(passed=passed)
 
 
@@ -65,11 +70,11 @@ def test_readme_example(pytester: pytest.Pytester) -> None:
     readme = (DOC.parent.parent / "README.md").read_text(encoding="utf-8")
     (block,) = [b for b in re.findall(r"^```python\n(.*?)^```$", readme, flags=re.M | re.S) if b.startswith("def test_")]
     pytester.makepyfile(test_readme=block)
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest(*QUIET).assert_outcomes(passed=1)
 
 
 def test_fixtures_are_listed(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--fixtures", "-p", "no:cacheprovider")
+    result = pytester.runpytest("--fixtures", *QUIET)
     out = result.stdout.str()
     for name in ("myna_card", "myna_connection", "myna_card_factory", "myna_reader", "myna_pcscd"):
         assert re.search(rf"^{name}\b", out, flags=re.M), name
@@ -117,7 +122,7 @@ def test_factory_cards_are_distinct_and_closed(pytester: pytest.Pytester) -> Non
             assert a.dir.content["jpki.auth_cert"] != b.dir.content["jpki.auth_cert"]  # own certificates
         """
     )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+    pytester.runpytest(*QUIET).assert_outcomes(passed=3)
 
 
 def test_factory_refuses_bad_options_in_one_line(pytester: pytest.Pytester) -> None:
@@ -139,7 +144,7 @@ def test_factory_refuses_bad_options_in_one_line(pytester: pytest.Pytester) -> N
             assert str(info.value).startswith(message), str(info.value)
         """
     )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=6)
+    pytester.runpytest(*QUIET).assert_outcomes(passed=6)
 
 
 def test_connection_helpers(pytester: pytest.Pytester) -> None:
@@ -172,13 +177,13 @@ def test_connection_helpers(pytester: pytest.Pytester) -> None:
                 myna_connection.slot.insert()
         """
     )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    pytester.runpytest(*QUIET).assert_outcomes(passed=2)
 
 
 def test_reader_is_skipped_unless_asked_for(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MYNAEMU_REQUIRE_PCSC", "1")  # not asked for is a skip even then
     pytester.makepyfile("def test_reader(myna_reader):\n    raise AssertionError('ran')\n")
-    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    result = pytester.runpytest("-rs", *QUIET)
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines([f"SKIPPED * {NOT_ENABLED}"])
 
@@ -187,7 +192,7 @@ def test_reader_is_skipped_without_a_pcsc_stack(pytester: pytest.Pytester, monke
     monkeypatch.setenv("MYNAEMU_NETNS", "0")  # as without the privileges for namespaces
     monkeypatch.delenv("MYNAEMU_REQUIRE_PCSC", raising=False)
     pytester.makepyfile("def test_reader(myna_reader):\n    raise AssertionError('ran')\n")
-    result = pytester.runpytest("-rs", "--myna-pcsc", "-p", "no:cacheprovider")
+    result = pytester.runpytest("-rs", "--myna-pcsc", *QUIET)
     result.assert_outcomes(skipped=1)
     reason = pcsc_unavailable_reason() or "MYNAEMU_NETNS=0 is set"
     result.stdout.fnmatch_lines([f"SKIPPED * myna_reader: no private PC/SC stack here: {reason}"])
@@ -198,7 +203,7 @@ def test_reader_fails_without_a_pcsc_stack_when_required(pytester: pytest.Pytest
     monkeypatch.setenv("MYNAEMU_REQUIRE_PCSC", "1")
     pytester.makeini("[pytest]\nmyna_pcsc = true\n")
     pytester.makepyfile("def test_reader(myna_reader):\n    raise AssertionError('ran')\n")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest(*QUIET)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*MYNAEMU_REQUIRE_PCSC=1 but myna_reader: no private PC/SC stack here: *"])
 
@@ -208,7 +213,7 @@ def test_reader_is_skipped_without_pyscard(pytester: pytest.Pytester, monkeypatc
     # A conftest that makes pyscard unimportable, in a subprocess (the import system is per process).
     pytester.makeconftest("import sys\nsys.modules['smartcard'] = None\nsys.modules['smartcard.scard'] = None\n")
     pytester.makepyfile("def test_reader(myna_reader):\n    raise AssertionError('ran')\n")
-    result = pytester.runpytest_subprocess("-rs", "--myna-pcsc", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-rs", "--myna-pcsc", *QUIET)
     result.assert_outcomes(skipped=1)
     reason = "pcscd binary not found" if find_pcscd() is None else "pyscard not installed (pip install pyscard)"
     result.stdout.fnmatch_lines([f"SKIPPED * myna_reader: no private PC/SC stack here: {reason}*"])
@@ -219,7 +224,7 @@ def test_docs_reader_example_through_pcscd(pytester: pytest.Pytester) -> None:
     """The docs' myna_reader example in a subprocess with its own private pcscd, enabled by the flag."""
     require_pcsc()
     write_module(pytester, "test_reader.py")
-    result = pytester.runpytest_subprocess("--myna-pcsc", "-p", "no:cacheprovider", timeout=120)
+    result = pytester.runpytest_subprocess("--myna-pcsc", *QUIET, timeout=120)
     result.assert_outcomes(passed=2)
 
 
@@ -242,5 +247,5 @@ def test_reader_enabled_by_ini_serves_opensc(pytester: pytest.Pytester) -> None:
             assert out.stdout.strip() == "jpki", out.stderr
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", timeout=120)
+    result = pytester.runpytest_subprocess(*QUIET, "-rs", timeout=120)
     result.assert_outcomes(passed=1)
