@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from mynaemu import keypool, pki
 from mynaemu.cli import main
 from mynaemu.keypool import KeyPool
 from mynaemu.pki import generate_rsa_key
+from mynaemu.testing import published_test_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,13 +27,23 @@ def modulus(key) -> int:
     return key.public_key().public_numbers().n
 
 
+def six_keys() -> list:
+    """Six distinct RSA-2048 keys without generating any (the published test keys)."""
+    keys = published_test_keys()
+    return [getattr(keys, f.name) for f in fields(keys)]
+
+
+def filled(directory: Path, count: int) -> KeyPool:
+    made = KeyPool(directory)
+    made._usable_dir(create=True)
+    for key in six_keys()[:count]:
+        made.add(key)
+    return made
+
+
 @pytest.fixture
 def pool(tmp_path: Path) -> KeyPool:
-    made = KeyPool(tmp_path / "keypool")
-    for _ in range(4):
-        made._usable_dir(create=True)
-        made.add(generate_rsa_key())
-    return made
+    return filled(tmp_path / "keypool", 4)
 
 
 def pooled_moduli(pool: KeyPool) -> set[int]:
@@ -61,18 +73,15 @@ def test_a_taken_key_leaves_the_pool(pool: KeyPool) -> None:
 
 
 def test_two_processes_never_get_the_same_key(tmp_path: Path) -> None:
-    pool = KeyPool(tmp_path / "keypool")
-    pool._usable_dir(create=True)
-    for _ in range(12):
-        pool.add(generate_rsa_key())
+    pool = filled(tmp_path / "keypool", 6)
     code = ("import sys, json; from mynaemu.keypool import KeyPool;"
-            "keys = KeyPool(sys.argv[1])._take_from_pool(12);"
+            "keys = KeyPool(sys.argv[1])._take_from_pool(6);"
             "print(json.dumps([k.public_key().public_numbers().n for k in keys]))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(pool.directory)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
              for _ in range(3)]
     results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     everyone = [n for r in results for n in r]
-    assert len(everyone) == 12 and len(set(everyone)) == 12
+    assert len(everyone) == 6 and len(set(everyone)) == 6
     assert pool.count() == 0
 
 
@@ -154,17 +163,12 @@ def test_issued_cards_take_their_keys_from_the_pool(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setenv("MYNAEMU_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr(keypool, "LOW_WATER", 0)  # no background refill here
-    pool = KeyPool(keypool.default_pool_dir())
-    pool._usable_dir(create=True)
-    for _ in range(12):
-        pool.add(generate_rsa_key())
+    pool = filled(keypool.default_pool_dir(), 6)
     before = pooled_moduli(pool)
-    cards = [issue_test_card(tmp_path / f"card{i}") for i in range(2)]
-    used = set()
-    for issued in cards:
-        pems = json.loads((issued.path / "keys.json").read_text())["keys"]
-        used |= {modulus(serialization.load_pem_private_key(p.encode(), None)) for p in pems.values()}
-    assert len(used) == 12 and used == before
+    issued = issue_test_card(tmp_path / "card")
+    pems = json.loads((issued.path / "keys.json").read_text())["keys"]
+    used = {modulus(serialization.load_pem_private_key(p.encode(), None)) for p in pems.values()}
+    assert len(used) == 6 and used == before
     assert pool.count() == 0
 
 
