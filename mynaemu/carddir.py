@@ -1,7 +1,8 @@
 """The files of one issued card in its CARD_DIR, read and written.
 
     profile.toml   the profile the card was issued with (a copy; the card never re-reads the default)
-    card.json      card id, persona, issuance facts (no secrets besides the persona's own data)
+    card.json      card id, persona, issuance facts, "kind" for demo and test cards (no secrets
+                   besides the persona's own data)
     content.json   every EF body and GET DATA object, hex
     keys.json      the card's private keys, PKCS#8 PEM (0600)
     state.json     retry counters and reference values (0600), see ``state``
@@ -26,6 +27,8 @@ from .state import StateError, atomic_write, read_json
 
 CARD_FORMAT, CONTENT_FORMAT, KEYS_FORMAT = "mynaemu-card", "mynaemu-content", "mynaemu-keys"
 VERSION = 1
+# card.json "kind": a card whose secrets are published (the demo card, test cards); absent otherwise.
+CARD_KINDS = ("demo", "test")
 
 
 @dataclass(slots=True)
@@ -95,7 +98,7 @@ def _decode_keys(path: Path, pems: object) -> dict[str, rsa.RSAPrivateKey]:
 def _check_certificates(root: Path, content: dict[str, bytes | list[bytes]], keys: dict[str, rsa.RSAPrivateKey]) -> None:
     for cert_id, key_id in _CERTIFIED_KEYS:
         der, key = content.get(cert_id), keys.get(key_id)
-        if not isinstance(der, bytes) or key is None:
+        if not isinstance(der, bytes) or not der or key is None:  # b"": no signing certificate (under 15)
             continue
         try:
             cert = x509.load_der_x509_certificate(der)
@@ -137,6 +140,8 @@ def load(path: Path | str, *, dir_fd: int | None = None) -> CardDir:
         raise StateError(f"{root / 'card.json'}: variant must be a string, not {variant!r}")
     if not isinstance(meta.get("persona"), dict):
         raise StateError(f"{root / 'card.json'}: has no valid persona (a table of the holder's facts)")
+    if "kind" in meta and meta["kind"] not in CARD_KINDS:
+        raise StateError(f"{root / 'card.json'}: kind must be one of {', '.join(CARD_KINDS)} (or absent), not {meta['kind']!r}")
     docs = {}
     for name, fmt in (("content.json", CONTENT_FORMAT), ("keys.json", KEYS_FORMAT)):
         doc = read_json(root / name, fmt, VERSION, dir_fd=dir_fd)

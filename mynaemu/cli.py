@@ -241,10 +241,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     persona = {k: ("****" if k == "security_code" else v) for k, v in card.dir.meta["persona"].items()}
     apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}
     keys = card.key_status()
+    kind = card.dir.meta.get("kind")
+    secrets = _published_secrets(card, args.card_dir) if args.secrets else None
     if args.json:
-        json.dump({"card_id": card.dir.card_id, "variant": card.profile.variant, "persona": persona,
-                   "applications": apps, "keys": keys},
-                  sys.stdout, ensure_ascii=False, indent=1)
+        doc = {"card_id": card.dir.card_id, "kind": kind, "variant": card.profile.variant, "persona": persona,
+               "applications": apps, "keys": keys}
+        if secrets is not None:
+            doc["secrets"] = secrets
+        json.dump(doc, sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
     print(f"Card {card.dir.card_id} in {card.dir.path}, variant {card.profile.variant}")
@@ -260,7 +264,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, k in keys.items():
         state = "BLOCKED" if k["blocked"] else "ok"
         print(f"  {name:<14} {k['tries_left']:>2}/{k['limit']:<2} {state:<8} {k['label']}")
+    if secrets is not None:
+        print(f"Secrets ({kind} card; published, not secret):")
+        for name, value in secrets.items():
+            print(f"  {name:<5} {value}")
     return 0
+
+
+def _published_secrets(card: Card, card_dir: Path) -> dict[str, str]:
+    """The current secrets of a demo or test card; UsageError for any other card."""
+    if card.dir.meta.get("kind") not in ("demo", "test"):
+        raise UsageError(f"{card_dir} is not a demo or test card: its secrets were shown once, at issuance, "
+                         f"and are never shown again (`mynaemu admin {card_dir} reset-pin KEY NEW` sets a new one)")
+    return {k: card.keyring[k].value.decode("ascii") for k in ("auth", "sign", "text", "juki")}
 
 
 # -- send ----------------------------------------------------------------------------------------
@@ -451,8 +467,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .transcript import TRANSCRIPT_DIR, TranscriptError, card_variables, load_transcript, replay, transcript_files
 
     if args.list:
-        for path in transcript_files():
-            print(path.stem)
+        from .transcript import TRANSCRIPT_DIR
+
+        files = transcript_files()
+        if not files:
+            raise UsageError(f"no transcripts in {TRANSCRIPT_DIR} (a mynaemu installed without its package data?)")
+        for path in files:
+            print(path.name.removesuffix(".txt"))
         return 0
     if not args.flow:
         raise UsageError("name at least one transcript (see --list)")
@@ -498,10 +519,44 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- keypool -------------------------------------------------------------------------------------
+def cmd_keypool(args: argparse.Namespace) -> int:
+    from .keypool import KeyPool, default_pool_dir
+
+    pool = KeyPool(default_pool_dir())
+    if args.action == "fill":
+        if args.count < 0:
+            raise UsageError(f"fill {args.count}: give the number of keys the pool should hold (6 per card)")
+        private_dir(data_dir())
+        try:
+            added = pool.fill(args.count)
+        except PermissionError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"{pool.directory}: {pool.count()} keys ({added} generated now)")
+    else:
+        print(f"{pool.directory}: {pool.count()} keys")
+    return 0
+
+
 # -- serve ---------------------------------------------------------------------------------------
 def demo_card_dir() -> Path:
     """The demo card that ``mynaemu serve`` issues once and reuses."""
     return data_dir() / "demo-card"
+
+
+def _demo_card(path: Path) -> None:
+    """Issue the demo card into ``path`` unless it holds one; say which PINs it has."""
+    from .testing import TEST_SECRETS, issue_test_card
+
+    pins = ", ".join(f"{name} {value}" for name, value in TEST_SECRETS.items())
+    if not (path / "card.json").exists():
+        issue_test_card(path, kind="demo")
+        print(f"Issued the demo card in {path}")
+    elif Card.load(path, read_only=True).dir.meta.get("kind") != "demo":  # issued before the fixed demo PINs
+        print(f"Note: the demo card in {path} was issued with random PINs, shown once then; remove {path} "
+              f"to get a demo card with the documented demo PINs ({pins}).")
+        return
+    print(f"Demo card PINs: {pins} (`mynaemu info --secrets {path}` shows them)")
 
 
 CONTROL_HELP = "commands: remove [SLOT] | insert [SLOT] | status | quit   (SLOT defaults to the first)"
@@ -579,11 +634,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise RuntimeFailure("--no-start-pcscd: no pcscd is running; start it (e.g. `pcscd -f`) or drop the option")
     private_dir(data_dir())
     dirs = [Path(d) for d in args.card_dir] or [demo_card_dir()]
-    if not args.card_dir and not (dirs[0] / "card.json").exists():
-        issued = issue_card(dirs[0])
-        print(f"Issued the demo card in {dirs[0]}; its secrets (shown this once):")
-        for name, value in issued.secrets.items():
-            print(f"  {name:<5} {value}")
+    if not args.card_dir:
+        _demo_card(dirs[0])
     try:
         refuse_same_card_twice(dirs)
     except ValueError as exc:
@@ -650,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Emulate the IC chip of Japan's My Number card, in-process or in a PC/SC reader.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level to stderr (PINs stay masked)")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"mynaemu {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("issue", help="issue a new emulated card into CARD_DIR")
@@ -674,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show a card's persona, applications and key counters")
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--secrets", action="store_true", help="also show the secrets (demo and test cards only)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("send", help="power the card on and send APDUs (hex) in one session")
@@ -712,6 +768,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--var-file", metavar="FILE", help="NAME=VALUE lines, one variable each (- = stdin)")
     p.add_argument("--list", action="store_true", help="list the transcripts")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("keypool", help="the pool of pre-generated card keys that makes issuing fast")
+    ksub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = ksub.add_parser("fill", help="generate keys until the pool holds COUNT (6 per card)")
+    k.add_argument("count", type=int, metavar="COUNT")
+    ksub.add_parser("status", help="how many keys the pool holds")
+    p.set_defaults(func=cmd_keypool)
 
     p = sub.add_parser("serve", help="put a card into a PC/SC virtual reader (pcscd + vpcd)")
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path, nargs="*",

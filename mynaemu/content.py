@@ -89,8 +89,16 @@ class CardKeys:
 
     @classmethod
     def generate(cls) -> CardKeys:
-        """Six fresh keys."""
+        """Six fresh keys, generated now."""
         return cls(**{f.name: pki.generate_rsa_key() for f in fields(cls)})
+
+    @classmethod
+    def from_pool(cls, directory: os.PathLike | str | None = None) -> CardKeys:
+        """Six fresh keys from the installation's key pool (generated now where it has none; see ``keypool``)."""
+        from .keypool import take_keys
+
+        names = [f.name for f in fields(cls)]
+        return cls(**dict(zip(names, take_keys(len(names), directory), strict=True)))
 
     def by_id(self, key_id: str) -> rsa.RSAPrivateKey:
         """The key with profile key id `key_id` ("jpki.auth", ...)."""

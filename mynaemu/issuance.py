@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 
 from . import carddir
+from .carddir import CARD_KINDS
 from .content import CardKeys, build_contents
 from .keys import format_ok, format_rule
 from .persona import Persona, check_number_b, japanese_era_yymmdd
@@ -30,6 +31,10 @@ from .state import StateStore
 # (spec Part A.1): the card's user interfaces present them as one PIN.
 SECRET_KEYS = ("auth", "sign", "text", "juki")
 SECRET_ALIASES = {"common": "juki"}
+
+# card.json "kind" (carddir.CARD_KINDS) marks a card whose secrets are published, so that
+# ``mynaemu info --secrets`` shows them: the demo card of ``mynaemu serve`` ("demo") and the test
+# cards of ``mynaemu.testing`` ("test"). Other cards have no kind; their secrets are shown once.
 
 
 class IssuanceError(ValueError):
@@ -140,16 +145,23 @@ def issue_card(
     authority: Authority | None = None,
     keys: CardKeys | None = None,
     variant: str = "default",
+    kind: str | None = None,
+    tries: dict[str, int] | None = None,
 ) -> IssuedCard:
     """Issue a new card into ``card_dir`` (which must not hold a card yet).
 
     ``variant`` names one of the profile's card variants (``Profile.variant_names()``).
+    ``keys`` default to six from the installation's key pool (``keypool``: every card its own);
+    ``kind`` ("demo" or "test") marks a card whose secrets are published; ``tries`` sets the
+    initial tries left per key name (e.g. ``{"auth": 1}``), each from 0 to the key's limit.
 
     Raises IssuanceError (or ProfileError) for a request that breaks a rule, before anything is
     written; OSError when the card cannot be written (e.g. a full disk), leaving nothing behind.
     """
     if not isinstance(card_dir, str | os.PathLike) or not str(card_dir):
         raise IssuanceError(f"card_dir must be a directory path (str or Path), not {card_dir!r}")
+    if kind is not None and kind not in CARD_KINDS:
+        raise IssuanceError(f"kind {kind!r}: a card's kind is one of {', '.join(CARD_KINDS)} (or none)")
     root = Path(card_dir)
     _check_target(root)
     if persona is not None and not isinstance(persona, Persona):
@@ -164,8 +176,20 @@ def issue_card(
     prof = prof.with_variant(variant)
     values = check_secrets(prof, secrets if secrets is not None else {})
     persona = persona or Persona.generate()
+    reference = _reference_values(prof, persona, values)
+    if tries is not None and not isinstance(tries, Mapping):
+        raise IssuanceError(f"tries must be a mapping of key name to tries left, not {type(tries).__name__}")
+    for name, count in (tries or {}).items():
+        if name not in reference:
+            raise IssuanceError(f"tries: no key {name!r} (keys: {', '.join(reference)})")
+        limit = reference[name]["limit"]
+        if not reference[name]["value"]:
+            raise IssuanceError(f"tries: key {name!r} has no value on this card; it stays blocked")
+        if type(count) is not int or not 0 <= count <= limit:
+            raise IssuanceError(f"tries: {name} takes an integer from 0 to its limit {limit}, not {count!r}")
+        reference[name]["tries_left"] = count
     authority = authority or Authority.load_or_create(default_authority_dir())
-    keys = keys or CardKeys.generate()
+    keys = keys or CardKeys.from_pool()
     content = build_contents(persona, keys, authority, japanese_era=prof.check_b_japanese_era,
                              basic4_length=prof.basic4_length)
     prof.check_issued_content(content)  # a card that would not load is never written
@@ -178,6 +202,8 @@ def issue_card(
         "variant": prof.variant,
         "issued_by": "mynaemu (emulated card; not a real My Number card)",
     }
+    if kind is not None:
+        meta["kind"] = kind
     try:
         profile_text = prof.text()
         # Only the missing parents are made, each 0700 whatever the umask; a failure removes them.
@@ -188,7 +214,7 @@ def issue_card(
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         carddir.write(staging, profile_text, meta, content, keys.to_pem_dict())
-        StateStore(staging / "state.json", card_id).save(_reference_values(prof, persona, values))
+        StateStore(staging / "state.json", card_id).save(reference)
         if root.exists():
             root.rmdir()
         os.rename(staging, root)

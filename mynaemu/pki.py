@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -374,7 +375,7 @@ class Authority:
         """
         root = Path(directory) if directory is not None else default_authority_dir()
         if (root / MANIFEST).exists():
-            return cls.load(root)
+            return cls.load(root, check=False)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise AuthorityError(
                 f"{root / MANIFEST}: missing, and {root} is not an empty directory; "
@@ -384,7 +385,8 @@ class Authority:
         try:
             authority.save(root)
         except FileExistsError:
-            return cls.load(root)
+            return cls.load(root, check=False)
+        _remember(root, authority)
         return authority
 
     def save(self, directory: Path | str) -> None:
@@ -432,12 +434,20 @@ class Authority:
         self.directory = root
 
     @classmethod
-    def load(cls, directory: Path | str) -> Authority:
-        """Load an authority saved earlier; AuthorityError naming the first broken file."""
+    def load(cls, directory: Path | str, *, check: bool = True) -> Authority:
+        """Load an authority saved earlier; AuthorityError naming the first broken file.
+
+        ``check=False`` (what ``load_or_create`` does) skips OpenSSL's RSA consistency check of the
+        six keys (~25 ms each; the certificates are still matched to their keys) and reuses the
+        authority this process loaded from the same directory before, as long as its manifest is
+        the same file: issuing a card no longer re-reads the authority.
+        """
         root = Path(directory)
         manifest_path = root / MANIFEST
+        if not check and (cached := _cached(root)) is not None:
+            return cached
         manifest = _read_manifest(manifest_path)
-        keys = {attr: _load_key(root / manifest["keys"].get(attr, "")) for attr in _KEY_FILES}
+        keys = {attr: _load_key(root / manifest["keys"].get(attr, ""), check=check) for attr in _KEY_FILES}
         certs = {}
         for attr, (_, key_attr) in _CERT_FILES.items():
             path = root / manifest["certificates"].get(attr, "")
@@ -445,7 +455,9 @@ class Authority:
             if cert.public_key().public_numbers() != keys[key_attr].public_key().public_numbers():
                 raise AuthorityError(f"{path}: certificate does not match its key {manifest['keys'][key_attr]}")
             certs[attr] = cert
-        return cls(**keys, **certs, directory=root)
+        authority = cls(**keys, **certs, directory=root)
+        _remember(root, authority)
+        return authority
 
     # -- public halves, for verifiers
     @property
@@ -570,6 +582,38 @@ class Authority:
         return build_cv_certificate(self.cv_intermediate_key, CV_INTERMEDIATE_KEY_ID, subject_key_id, public_key)
 
 
+# -- the per-process cache ---------------------------------------------------------------------
+# One authority per directory and process, keyed also by the manifest's identity (device, inode,
+# mtime): a directory whose authority was replaced (a rename puts a new manifest there) is read
+# again. A lock, since issuance may run in several threads.
+_loaded: dict[str, tuple[tuple[int, int, int], Authority]] = {}
+_loaded_guard = threading.Lock()
+
+
+def _manifest_identity(root: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(root / MANIFEST)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def _cached(root: Path) -> Authority | None:
+    identity = _manifest_identity(root)
+    with _loaded_guard:
+        entry = _loaded.get(str(root.absolute()))
+    if identity is None or entry is None or entry[0] != identity:
+        return None
+    return entry[1]
+
+
+def _remember(root: Path, authority: Authority) -> None:
+    identity = _manifest_identity(root)
+    if identity is not None:
+        with _loaded_guard:
+            _loaded[str(root.absolute())] = (identity, authority)
+
+
 # -- file helpers ------------------------------------------------------------------------------
 def _write_new(path: Path, data: bytes) -> None:
     """Create `path` 0600 (never over an existing file) and sync it."""
@@ -605,9 +649,9 @@ def _read_manifest(path: Path) -> dict:
     return doc
 
 
-def _load_key(path: Path) -> rsa.RSAPrivateKey:
+def _load_key(path: Path, *, check: bool = True) -> rsa.RSAPrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), None)
+        key = serialization.load_pem_private_key(path.read_bytes(), None, unsafe_skip_rsa_key_validation=not check)
     except FileNotFoundError:
         raise AuthorityError(f"{path}: missing") from None
     except (OSError, ValueError, TypeError) as exc:

@@ -1,7 +1,8 @@
 """The card profile: AIDs, EFs, sizes, access rules and retry limits, loaded from TOML.
 
-The default profile is ``apdu_specs/profile.toml``; a card keeps its own copy in its CARD_DIR so
-that a later change of the default never changes an issued card.
+The default profile is ``apdu_specs/profile.toml``, package data read through
+``importlib.resources`` (so it is found in a wheel as in the source tree); a card keeps its own
+copy in its CARD_DIR so that a later change of the default never changes an issued card.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "apdu_specs" / "profile.toml"
+DEFAULT_PROFILE: Traversable = resources.files("apdu_specs") / "profile.toml"
 
 KEY_FORMATS = ("digits4", "digits6", "digits12", "digits14", "password", "any")
 KEY_VALUES = ("secret", "my_number", "check_b", "birth_yymmdd", "none")
@@ -90,7 +93,7 @@ class ApSpec:
 class Profile:
     """The whole card profile."""
 
-    path: Path
+    path: Path | Traversable
     atr_contact: bytes
     atr_contactless: bytes
     check_b_japanese_era: bool
@@ -123,16 +126,23 @@ class Profile:
         return ["default", *self.variants]
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> Profile:
-        """Read and check a profile; raise ProfileError naming the file and field that is wrong."""
-        if path is not None and not isinstance(path, str | os.PathLike):
+    def load(cls, path: Path | str | Traversable | None = None) -> Profile:
+        """Read and check a profile (default: ``DEFAULT_PROFILE``); raise ProfileError naming the file
+        and field that is wrong."""
+        if path is None:
+            p: Path | Traversable = DEFAULT_PROFILE
+        elif isinstance(path, str | os.PathLike):
+            p = Path(path)
+        elif isinstance(path, Traversable):
+            p = path
+        else:
             raise ProfileError(f"a profile is given by its file path (str or Path), not {type(path).__name__}")
-        p = Path(path) if path is not None else DEFAULT_PROFILE
         try:
-            st = p.stat()
-            if not stat.S_ISREG(st.st_mode):
-                what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-                raise ProfileError(f"{p}: is {what}; give the profile's .toml file")
+            if isinstance(p, Path):
+                st = p.stat()
+                if not stat.S_ISREG(st.st_mode):
+                    what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                    raise ProfileError(f"{p}: is {what}; give the profile's .toml file")
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ProfileError(f"{p}: profile file not found") from None
@@ -173,7 +183,7 @@ class Profile:
         return self.path.read_text(encoding="utf-8")
 
 
-def _fail(path: Path, where: str, msg: str) -> ProfileError:
+def _fail(path: Path | Traversable, where: str, msg: str) -> ProfileError:
     return ProfileError(f"{path}: {where}: {msg}")
 
 
@@ -213,7 +223,7 @@ def _hex(path: Path, where: str, value: object, sizes: range | None = None, what
     return data
 
 
-def _rule(path: Path, where: str, value: object, keys: dict[str, KeySpec]) -> frozenset[str] | None:
+def _rule(path: Path | Traversable, where: str, value: object, keys: dict[str, KeySpec]) -> frozenset[str] | None:
     if value == "free":
         return None
     if value == "never":
@@ -319,7 +329,7 @@ def _ap(path: Path, name: str, value: object, keys: dict[str, KeySpec]) -> ApSpe
     )
 
 
-def _parse(path: Path, raw: dict) -> Profile:
+def _parse(path: Path | Traversable, raw: dict) -> Profile:
     _table(path, "top level", raw, TOP_FIELDS)
     version = raw.get("version")
     if raw.get("format") != "mynaemu-profile" or type(version) is not int or version != 1:

@@ -69,6 +69,8 @@ import re
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,7 +104,8 @@ __all__ = [
     "transcript_files",
 ]
 
-TRANSCRIPT_DIR = Path(__file__).resolve().parent.parent / "apdu_specs" / "transcripts"
+# Package data (apdu_specs/transcripts), found in a wheel as in the source tree.
+TRANSCRIPT_DIR: Traversable = resources.files("apdu_specs") / "transcripts"
 
 Transmit = Callable[[bytes], bytes]
 
@@ -565,7 +568,7 @@ class Transcript:
     name: str
     description: str
     items: tuple[Item, ...]
-    path: Path | None = None
+    path: Path | Traversable | None = None
 
     @property
     def title(self) -> str:
@@ -638,7 +641,7 @@ def _parse_macro(lineno: int, text: str, body: str) -> ReadMacro:
     return ReadMacro(lineno, text, style, bytes.fromhex(fid_hex), tmpl, save)
 
 
-def parse_transcript(text: str, name: str = "<transcript>", path: Path | None = None) -> Transcript:
+def parse_transcript(text: str, name: str = "<transcript>", path: Path | Traversable | None = None) -> Transcript:
     """Parse transcript text; raise TranscriptError naming the file and line of a fault."""
     items: list[Item] = []
     desc: list[str] = []
@@ -661,11 +664,11 @@ def parse_transcript(text: str, name: str = "<transcript>", path: Path | None = 
     return Transcript(name, "\n".join(desc), tuple(items), path)
 
 
-def load_transcript(path: Path | str) -> Transcript:
+def load_transcript(path: Path | str | Traversable) -> Transcript:
     """Read and parse a transcript file; raise TranscriptError naming it when it cannot be read."""
-    p = Path(path)
+    p = Path(path) if isinstance(path, str) else path
     try:
-        if p.exists() and not p.is_file():
+        if p.is_dir() or (isinstance(p, Path) and p.exists() and not p.is_file()):
             raise TranscriptError(f"{p}: not a transcript file (a directory or a device); give a .txt transcript")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -895,8 +898,8 @@ def replay_file(
     trace: Callable[[ExchangeLog], None] | None = None,
 ) -> ReplayResult:
     """``replay(load_transcript(path), ...)``; a bare name is looked up in apdu_specs/transcripts."""
-    p = Path(path)
-    if not p.exists() and p.parent == Path() and (TRANSCRIPT_DIR / p.with_suffix(".txt").name).exists():
+    p: Path | Traversable = Path(path)
+    if not p.exists() and p.parent == Path() and (TRANSCRIPT_DIR / p.with_suffix(".txt").name).is_file():
         p = TRANSCRIPT_DIR / p.with_suffix(".txt").name
     return replay(load_transcript(p), transmit, variables, trace=trace)
 
@@ -911,9 +914,12 @@ def expand(transcript: Transcript, variables: Mapping[str, object]) -> list[tupl
     return [(log.line, apdu, log.response) for log, apdu in zip(result.exchanges, sent, strict=True)]
 
 
-def transcript_files(directory: Path | str = TRANSCRIPT_DIR) -> list[Path]:
-    """The transcript files of a directory, sorted."""
-    return sorted(Path(directory).glob("*.txt"))
+def transcript_files(directory: Path | str | Traversable = TRANSCRIPT_DIR) -> list[Traversable]:
+    """The transcript files (``*.txt``) of a directory, sorted by name; empty when there is none."""
+    root = Path(directory) if isinstance(directory, str) else directory
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.name.endswith(".txt") and p.is_file()), key=lambda p: p.name)
 
 
 # -- variables of an emulated card ----------------------------------------------------------

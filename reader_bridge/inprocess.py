@@ -7,6 +7,11 @@ tests. Power follows PC/SC: connect powers an unpowered card; disconnect and rec
 their disposition (LEAVE nothing, RESET ``card.reset()``, UNPOWER/EJECT ``card.power_off()``,
 and reconnect with UNPOWER powers on again). Without pyscard installed a stand-in base class
 with the same method names is used.
+
+The reader can lose its card as a real one does: ``InProcessReader.remove()`` takes the card
+out (it loses power; every open connection then raises ``CardConnectionException`` with
+``SCARD_W_REMOVED_CARD`` until it reconnects), ``insert()`` puts it (or another card) back, and
+``power_cycle()`` is both.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCARD_EJECT_CARD",
+    "SCARD_E_NO_SMARTCARD",
     "SCARD_LEAVE_CARD",
     "SCARD_RESET_CARD",
     "SCARD_UNPOWER_CARD",
+    "SCARD_W_REMOVED_CARD",
     "CardConnectionException",
     "InProcessConnection",
     "InProcessReader",
@@ -28,6 +35,8 @@ __all__ = [
 
 # PC/SC dispositions (same values as smartcard.scard).
 SCARD_LEAVE_CARD, SCARD_RESET_CARD, SCARD_UNPOWER_CARD, SCARD_EJECT_CARD = 0, 1, 2, 3
+# pcsc-lite's codes for "the card was removed" and "no card in the reader".
+SCARD_W_REMOVED_CARD, SCARD_E_NO_SMARTCARD = 0x80100069, 0x8010000C
 
 try:
     from smartcard.CardConnection import CardConnection as _Base
@@ -114,16 +123,42 @@ class InProcessReader:
         self.card = card
         self.name = name
         self.powered = False
+        self.present = True
+        # Counts insertions: a connection made before the last removal is a stale handle.
+        self.insertions = 1
 
     def createConnection(self) -> InProcessConnection:
         """A new connection to this reader's card."""
         return InProcessConnection(self)
 
     def power_on(self) -> None:
-        """Power the card if it is not."""
+        """Power the card if it is not; CardConnectionException when the reader is empty."""
+        if not self.present:
+            raise CardConnectionException("no card in the reader", hresult=SCARD_E_NO_SMARTCARD)
         if not self.powered:
             self.card.power_on()
             self.powered = True
+
+    def remove(self) -> None:
+        """Take the card out: it loses power (and its security status); open connections go stale."""
+        if self.present:
+            self.card.power_off()
+            self.powered = False
+            self.present = False
+
+    def insert(self, card: CardLike | None = None) -> None:
+        """Put the card (or ``card``) in, unpowered; connections made before need a reconnect."""
+        if self.present:
+            raise ValueError(f"{self.name}: already holds a card; remove() it first")
+        if card is not None:
+            self.card = card
+        self.present = True
+        self.insertions += 1
+
+    def power_cycle(self) -> None:
+        """Remove and insert the card again: a cold start, as pulling it out of a reader."""
+        self.remove()
+        self.insert()
 
     def dispose(self, disposition: int) -> None:
         """Apply a PC/SC disposition to the card."""
@@ -153,6 +188,7 @@ class InProcessConnection(_Base):
         self.slot = slot
         self.connected = False
         self.disposition = SCARD_UNPOWER_CARD
+        self._insertion = slot.insertions
 
     @property
     def card(self) -> CardLike:
@@ -165,6 +201,7 @@ class InProcessConnection(_Base):
         """Connect (powers the card if needed); default disposition UNPOWER, as pyscard's."""
         super().connect(protocol, mode, disposition)
         self.slot.power_on()
+        self._insertion = self.slot.insertions
         self.disposition = SCARD_UNPOWER_CARD if disposition is None else disposition
         self.connected = True
 
@@ -173,10 +210,13 @@ class InProcessConnection(_Base):
     ) -> None:
         """Reconnect; default disposition RESET (warm reset), UNPOWER = cold reset."""
         super().reconnect(protocol, mode, disposition)
-        self._require()
+        if not self.connected:
+            raise CardConnectionException("Card not connected")
         init = SCARD_RESET_CARD if disposition is None else disposition
-        self.slot.dispose(init)
-        self.slot.power_on()
+        if self._insertion == self.slot.insertions:
+            self.slot.dispose(init)
+        self.slot.power_on()  # a card inserted since: powered afresh, whatever the disposition
+        self._insertion = self.slot.insertions
         self.disposition = init
 
     def disconnect(self) -> None:
@@ -184,7 +224,8 @@ class InProcessConnection(_Base):
         if self.connected:
             super().disconnect()
             self.connected = False
-            self.slot.dispose(self.disposition)
+            if self._insertion == self.slot.insertions and self.slot.present:
+                self.slot.dispose(self.disposition)
 
     def release(self) -> None:
         """Release: disconnect (there is no context to free)."""
@@ -218,3 +259,5 @@ class InProcessConnection(_Base):
     def _require(self) -> None:
         if not self.connected:
             raise CardConnectionException("Card not connected")
+        if self._insertion != self.slot.insertions or not self.slot.present:
+            raise CardConnectionException("the card was removed; reconnect", hresult=SCARD_W_REMOVED_CARD)

@@ -19,14 +19,27 @@ __all__ = ["AID", "MY_NUMBER", "SECRETS"]
 @pytest.fixture(scope="session", autouse=True)
 def _data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Keep the emulated authority and demo card of the tests out of the user's home."""
+    from mynaemu.keypool import KeyPool, default_pool_dir
+
     path = tmp_path_factory.mktemp("mynaemu-data")
     old = os.environ.get("MYNAEMU_DATA_DIR")
     os.environ["MYNAEMU_DATA_DIR"] = str(path)
+    # The session's key pool starts empty: fill it while the first tests run, so later cards are fast.
+    KeyPool(default_pool_dir()).refill_in_background()
     yield path
     if old is None:
         os.environ.pop("MYNAEMU_DATA_DIR", None)
     else:
         os.environ["MYNAEMU_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory):
+    """mynaemu built as a wheel and installed into a fresh venv (``tests.wheelkit``), once per session."""
+    from tests.wheelkit import build_wheel, install_wheel
+
+    work = tmp_path_factory.mktemp("wheel")
+    return install_wheel(build_wheel(work), work)
 
 
 @pytest.fixture(scope="session")
