@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANTS", "MynaReader"]
 
-VARIANTS = ("default",)
+# The card variants of the default profile (a profile given to the factory may have others).
+VARIANTS = ("default", "basic4-long", "reselect-keeps-status", "contactless", "get-data-whole")
 READER_SLOT = 0  # vpcd slot 0: "Virtual PCD 00 00"
 _PCSC_REASON = pytest.StashKey[str | None]()
 _NOT_ENABLED = "myna_reader needs a PC/SC reader: run pytest with --myna-pcsc (or set myna_pcsc = true in the ini file)"
@@ -97,7 +98,7 @@ def myna_card_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
     ``persona``: a ``Persona``, or changes to the test holder (``{"birth": date(2015, 4, 1)}``);
     ``pins``: secrets that differ from ``TEST_SECRETS`` (``{"auth": "9999"}``); ``tries``:
     initial tries left per key (``{"auth": 1}``); ``profile``: a ``Profile`` or a TOML path;
-    ``variant``: "default" (the only card variant so far); ``published_keys=True``: the fixed
+    ``variant``: a card variant of the profile (``VARIANTS`` for the default one); ``published_keys=True``: the fixed
     published test keys instead of fresh ones. Every card is closed at teardown.
     """
     from .card import Card
@@ -114,8 +115,6 @@ def myna_card_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
         variant: str = "default",
         published_keys: bool = False,
     ) -> Card:
-        if variant not in VARIANTS:
-            raise ValueError(f"variant {variant!r}: mynaemu has only the card variant(s) {', '.join(VARIANTS)}")
         directory = tmp_path_factory.mktemp("myna-card", numbered=True) / "card"
         issue_test_card(
             directory,
@@ -124,6 +123,7 @@ def myna_card_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
             tries=dict(tries or {}),
             profile=profile,
             published_keys=published_keys,
+            variant=variant,
         )
         card = Card.load(directory)
         made.append(card)
