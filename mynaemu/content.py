@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import images, pki
+from .cv_issuers import TEXT_MUNICIPALITY_KEY_ID, VISUAL_MUNICIPALITY_KEY_ID, CvIssuers
 from .persona import Persona
 from .tlv import CK_TOKEN_INFO, encode_length, encode_tag, long_form_length, parse_tlv, simple_tlv, tlv
 
@@ -46,6 +47,7 @@ CONTENT_IDS: tuple[str, ...] = (
     "jpki.cert_availability",
     "jpki.auth_cert",
     "jpki.auth_ca_cert",
+    "jpki.terminal_ca_key",
     "text.my_number",
     "text.basic4",
     "text.integrity",
@@ -214,7 +216,14 @@ ATR_TAIL = bytes.fromhex("E000FF8131FE4514")
 
 # -- the builder -------------------------------------------------------------------------------
 def build_contents(
-    persona: Persona, keys: CardKeys, authority: pki.Authority, *, japanese_era: bool = True, basic4_length: str = "short"
+    persona: Persona,
+    keys: CardKeys,
+    authority: pki.Authority,
+    *,
+    japanese_era: bool = True,
+    basic4_length: str = "short",
+    trust_model: str = "municipality",
+    cv_issuers: CvIssuers | None = None,
 ) -> dict[str, bytes | list[bytes]]:
     """Every content id of the profile for this persona, key set and authority.
 
@@ -224,9 +233,13 @@ def build_contents(
     """
     del japanese_era
     out: dict[str, bytes | list[bytes]] = {}
+    cv = cv_issuers if cv_issuers is not None else CvIssuers.load_or_create()
+    municipality = trust_model == "municipality"
     out.update(_jpki(persona, keys, authority))
-    out.update(_text(persona, keys, authority, long_basic4=basic4_length == "long"))
-    out.update(_visual(persona, keys, authority))
+    out["jpki.terminal_ca_key"] = cv.terminal_ca_public_key()
+    out.update(_text(persona, keys, authority, long_basic4=basic4_length == "long",
+                     record_key=cv.text_municipality if municipality else None))
+    out.update(_visual(persona, keys, authority, record_key=cv.visual_municipality if municipality else None))
     out.update(_records_and_mf(persona, keys, authority))
     return out
 
@@ -248,7 +261,17 @@ def _jpki(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[st
     }
 
 
-def _text(persona: Persona, keys: CardKeys, authority: pki.Authority, *, long_basic4: bool = False) -> dict[str, bytes]:
+def _text(
+    persona: Persona,
+    keys: CardKeys,
+    authority: pki.Authority,
+    *,
+    long_basic4: bool = False,
+    record_key: rsa.RSAPrivateKey | None = None,
+) -> dict[str, bytes]:
+    """The text AP's content. ``record_key``: the municipality key that signs DF33 and DF52 and
+    that EF 0004 certifies; None for the ``ap-key`` trust model (the AP's own key signs DF33 and
+    EF 0004 certifies it; the CV issuer signs DF52)."""
     ap_public = keys.text_ap.public_key()
     ap_key = pki.encode_rsa_public_key(ap_public)
 
@@ -268,10 +291,16 @@ def _text(persona: Persona, keys: CardKeys, authority: pki.Authority, *, long_ba
     table = parse_tlv(basic4, parse_tlv(basic4).value_start)
     df22_offset = int.from_bytes(table.value[:2], "big")
     hashed = tlv(0xDF31, _sha256(my_number)) + tlv(0xDF32, _sha256(basic4[df22_offset:]))
-    integrity = tlv(0xFF30, hashed + tlv(0xDF33, pki.sign_sha256(keys.text_ap, hashed)))
+    signer = record_key if record_key is not None else keys.text_ap
+    integrity = tlv(0xFF30, hashed + tlv(0xDF33, pki.sign_sha256(signer, hashed)))
 
     df51 = tlv(0xDF51, ap_key)
-    signed_public_key = tlv(0xFF50, df51 + tlv(0xDF52, pki.sign_sha256(authority.text_cv_issuer_key, df51)))
+    df52_signer = record_key if record_key is not None else authority.text_cv_issuer_key
+    signed_public_key = tlv(0xFF50, df51 + tlv(0xDF52, pki.sign_sha256(df52_signer, df51)))
+    if record_key is not None:
+        cv_cert = authority.text_cv_certificate(TEXT_MUNICIPALITY_KEY_ID, record_key.public_key())
+    else:
+        cv_cert = authority.text_cv_certificate(_card_key_id(persona, "3"), ap_public)
 
     basic_info = tlv(
         0xFF40,
@@ -284,15 +313,19 @@ def _text(persona: Persona, keys: CardKeys, authority: pki.Authority, *, long_ba
         "text.my_number": my_number,
         "text.basic4": basic4,
         "text.integrity": integrity,
-        "text.cv_cert": authority.text_cv_certificate(_card_key_id(persona, "3"), ap_public),
+        "text.cv_cert": cv_cert,
         "text.basic_info": basic_info,
         "text.sm_public_key": tlv(0xA1, pki.encode_rsa_public_key(keys.text_sm.public_key())),
         "text.signed_public_key": signed_public_key,
     }
 
 
-def _visual(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[str, bytes]:
+def _visual(
+    persona: Persona, keys: CardKeys, authority: pki.Authority, *, record_key: rsa.RSAPrivateKey | None = None
+) -> dict[str, bytes]:
+    """The visual AP's content; ``record_key`` as in ``_text`` (signs DF28, DF13 and DF43)."""
     ap_key = pki.encode_rsa_public_key(keys.visual_ap.public_key())
+    signer = record_key if record_key is not None else keys.visual_ap
 
     df22, df23, df24 = (
         tlv(0xDF22, _ymd(persona.birth)),
@@ -303,7 +336,7 @@ def _visual(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[
     df27 = tlv(0xDF27, images.face_jp2(persona))
     # DF28: PKCS#1 v1.5 over a SHA-256 DigestInfo whose OCTET STRING holds three hashes (§5.3).
     digests = _sha256(df22 + df23 + df24) + _sha256(df25 + df26) + _sha256(df27)
-    df28 = tlv(0xDF28, pki.sign_pkcs1v15_raw(keys.visual_ap, pki.digest_info_sha256(digests)))
+    df28 = tlv(0xDF28, pki.sign_pkcs1v15_raw(signer, pki.digest_info_sha256(digests)))
     face = offset_table_record(
         0xFF20,
         0xDF21,
@@ -321,10 +354,10 @@ def _visual(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[
     )
 
     signed = tlv(0xDF11, _ymd(persona.birth)) + tlv(0xDF12, ap_key)
-    age_record = tlv(0xFF10, signed + tlv(0xDF13, pki.sign_sha256(keys.visual_ap, signed)))
+    age_record = tlv(0xFF10, signed + tlv(0xDF13, pki.sign_sha256(signer, signed)))
 
     signed = tlv(0xDF41, images.my_number_png(persona)) + tlv(0xDF42, ap_key)
-    my_number_image = tlv(0xFF40, signed + tlv(0xDF43, pki.sign_sha256(keys.visual_ap, signed)))
+    my_number_image = tlv(0xFF40, signed + tlv(0xDF43, pki.sign_sha256(signer, signed)))
 
     basic_info = tlv(
         0xFF30,
@@ -340,7 +373,11 @@ def _visual(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict[
         "visual.age_record": age_record,
         "visual.my_number_image": my_number_image,
         "visual.basic_info": basic_info,
-        "visual.cv_cert": authority.visual_cv_certificate(_card_key_id(persona, "2"), keys.visual_ap.public_key()),
+        "visual.cv_cert": (
+            authority.visual_cv_certificate(VISUAL_MUNICIPALITY_KEY_ID, record_key.public_key())
+            if record_key is not None
+            else authority.visual_cv_certificate(_card_key_id(persona, "2"), keys.visual_ap.public_key())
+        ),
     }
 
 

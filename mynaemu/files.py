@@ -76,6 +76,19 @@ class PrivateKeyEf(Ef):
         self.key = key
 
 
+class CvKeyEf(Ef):
+    """A CV public-key reference (JPKI 0016): selectable, never readable; ``80 A2`` checks
+    terminal certificates against it. ``key_id`` and ``public_key`` come from the issued content."""
+
+    __slots__ = ("key_id", "public_key")
+    kind = "cv_key"
+
+    def __init__(self, spec: EfSpec, key_id: bytes, public_key: rsa.RSAPublicKey) -> None:
+        super().__init__(spec)
+        self.key_id = key_id
+        self.public_key = public_key
+
+
 class OpaqueEf(Ef):
     """Selectable, never readable (e.g. MF 001E, JPKI 0016)."""
 

@@ -191,7 +191,7 @@ def issue_card(
     authority = authority or Authority.load_or_create(default_authority_dir())
     keys = keys or CardKeys.from_pool()
     content = build_contents(persona, keys, authority, japanese_era=prof.check_b_japanese_era,
-                             basic4_length=prof.basic4_length)
+                             basic4_length=prof.basic4_length, trust_model=prof.trust_model)
     prof.check_issued_content(content)  # a card that would not load is never written
     # The card's own identity, bound into every file of its directory: random per card (test
     # cards of one persona share their serial number), so files of two cards never pass as one.

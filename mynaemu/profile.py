@@ -22,7 +22,7 @@ DEFAULT_PROFILE: Traversable = resources.files("apdu_specs") / "profile.toml"
 KEY_FORMATS = ("digits4", "digits6", "digits12", "digits14", "password", "any")
 KEY_VALUES = ("secret", "my_number", "check_b", "birth_yymmdd", "none")
 KEY_CHANGES = ("iso", "jicsap", "none")
-EF_TYPES = ("binary", "record", "pin", "rsa", "opaque")
+EF_TYPES = ("binary", "record", "pin", "rsa", "opaque", "cv_key")
 SIGN_OPS = ("sign", "internal_auth")
 # The issuer's private keys an rsa EF may name (mynaemu.content.KEY_IDS maps them to the keys).
 PRIVATE_KEY_NAMES = ("jpki.auth", "jpki.sign", "text.ap", "text.sm", "visual.ap", "common.ia")
@@ -31,12 +31,13 @@ SECRET_KEY_NAMES = ("auth", "sign", "text", "juki", "common")
 ATR_SIZES = range(2, 34)  # TS and T0 at least; ISO 7816-3 allows 33 bytes at most
 TOP_FIELDS = ("format", "version", "card", "keys", "aps", "variants")
 # Card settings: each one may also be changed by a named variant ([variants.NAME]).
-CARD_SETTINGS = ("interface", "basic4_length", "reselect_keeps_status", "get_data_template")
+CARD_SETTINGS = ("interface", "basic4_length", "reselect_keeps_status", "get_data_template", "trust_model")
 CARD_FIELDS = ("atr_contact", "atr_contactless", "check_b_japanese_era", *CARD_SETTINGS)
 VARIANT_FIELDS = ("description", *CARD_SETTINGS)
 INTERFACES = ("contact", "contactless")
 BASIC4_LENGTHS = ("short", "long")
 GET_DATA_TEMPLATES = ("contents", "whole")
+TRUST_MODELS = ("municipality", "ap-key")
 KEY_FIELDS = ("label", "limit", "format", "value", "change")
 AP_FIELDS = ("aid", "title", "ef", "data", "default_key", "session_key", "session_key_use")
 EF_FIELDS = ("type", "content", "size", "filler", "read", "use", "key", "private_key", "ops")
@@ -107,6 +108,9 @@ class Profile:
     basic4_length: str = "short"
     reselect_keeps_status: bool = False
     get_data_template: str = "contents"
+    # What EF 0004 of the 券面 APs certifies: a municipality key that signs the records, or the
+    # AP's own key (the model of earlier mynaemu versions).
+    trust_model: str = "municipality"
     variants: dict[str, dict[str, object]] = field(default_factory=dict)
     variant: str = "default"
 
@@ -275,7 +279,7 @@ def _ef(path: Path, where: str, fid_hex: str, value: object, keys: dict[str, Key
     size = e.get("size", 0)
     if type(size) is not int or not 0 <= size <= 0x7FFF:
         raise _fail(path, where, f"size must be an integer 0..32767, not {size!r}")
-    rule_src = e.get("use") if etype == "rsa" else e.get("read", "never" if etype == "opaque" else "free")
+    rule_src = e.get("use") if etype == "rsa" else e.get("read", "never" if etype in ("opaque", "cv_key") else "free")
     return EfSpec(
         fid=fid,
         type=etype,
@@ -378,7 +382,7 @@ def _settings(path: Path, where: str, table: dict) -> dict[str, object]:
     """The card settings given in ``table`` (a [card] or [variants.NAME] table), checked."""
     out: dict[str, object] = {}
     for name, choices in (("interface", INTERFACES), ("basic4_length", BASIC4_LENGTHS),
-                          ("get_data_template", GET_DATA_TEMPLATES)):
+                          ("get_data_template", GET_DATA_TEMPLATES), ("trust_model", TRUST_MODELS)):
         if name in table:
             if table[name] not in choices:
                 raise _fail(path, f"{where}.{name}", f"must be one of {', '.join(choices)}, not {table[name]!r}")

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["VARIANTS", "MynaReader"]
 
 # The card variants of the default profile (a profile given to the factory may have others).
-VARIANTS = ("default", "basic4-long", "reselect-keeps-status", "contactless", "get-data-whole")
+VARIANTS = ("default", "basic4-long", "reselect-keeps-status", "contactless", "get-data-whole", "trust-ap-key")
 READER_SLOT = 0  # vpcd slot 0: "Virtual PCD 00 00"
 _PCSC_REASON = pytest.StashKey[str | None]()
 _NOT_ENABLED = "myna_reader needs a PC/SC reader: run pytest with --myna-pcsc (or set myna_pcsc = true in the ini file)"

@@ -114,18 +114,21 @@ def test_signing_without_pin_is_6982(card: Card) -> None:
     assert tx(card, "802A009A" + "03010203" + "00") == b"\x69\x82"
 
 
-@pytest.mark.parametrize(("ap", "ef_with_key", "tag"), [("text", "text.signed_public_key", None),
-                                                         ("visual", "visual.age_record", None)])
-def test_kenmen_aps_sign_challenges_without_credential(card: Card, ap: str, ef_with_key: str, tag) -> None:
-    from mynaemu.pki import parse_cv_certificate
+@pytest.mark.parametrize(("ap", "ef_with_key", "tag"), [("text", "text.signed_public_key", 0xDF51),
+                                                         ("visual", "visual.age_record", 0xDF12)])
+def test_kenmen_aps_sign_challenges_without_credential(card: Card, ap: str, ef_with_key: str, tag: int) -> None:
+    """The presence check (§5.3): sign a challenge with the AP key, verify with the key in the signed record."""
+    from mynaemu import tlv
+    from mynaemu.pki import decode_rsa_public_key
 
     select_ap(card, ap)
     challenge = tx(card, "0084000010")[:-2]
     data = SHA256_PREFIX + hashlib.sha256(challenge).digest()
     resp = card.transmit(build_command(0x80, 0x2A, 0x00, 0x00, data, 256))
     assert resp[-2:] == b"\x90\x00"
-    cv = parse_cv_certificate(card.dir.content[f"{ap}.cv_cert"])
-    cv.public_key.verify(resp[:-2], data, padding.PKCS1v15(), NoDigestInfo())
+    record = card.dir.content[ef_with_key]
+    key = tlv.find(tlv.children(record, tlv.parse_tlv(record)), tag)
+    decode_rsa_public_key(key.value).verify(resp[:-2], data, padding.PKCS1v15(), NoDigestInfo())
     # JSAPDU randr: 80 2A 05 00 with 32 bytes on the text AP.
     resp = card.transmit(build_command(0x80, 0x2A, 0x05, 0x00, bytes(32), 256))
     assert resp[-2:] == b"\x90\x00" and len(resp) == 258

@@ -24,6 +24,7 @@ from PIL import Image
 
 from mynaemu import images, pki, tlv
 from mynaemu.content import KEY_IDS, CardKeys, build_contents, offset_table_record
+from mynaemu.cv_issuers import TEXT_MUNICIPALITY_KEY_ID, VISUAL_MUNICIPALITY_KEY_ID, CvIssuers
 from mynaemu.persona import Persona, check_number_b
 
 PROFILE = tomllib.loads((Path(__file__).parent.parent / "apdu_specs" / "profile.toml").read_text("utf-8"))
@@ -62,6 +63,24 @@ def contents(persona: Persona, keys: CardKeys, authority: pki.Authority) -> dict
     return build_contents(persona, keys, authority)
 
 
+def issuers() -> CvIssuers:
+    """The installation's municipality keys and terminal CA (build_contents' default)."""
+    return CvIssuers.load_or_create()
+
+
+def test_the_ap_key_trust_model_certifies_the_ap_key(persona: Persona, keys: CardKeys, authority: pki.Authority) -> None:
+    """The ``trust-ap-key`` variant: EF 0004 certifies the AP's key, which signs DF33; J-LIS signs DF52."""
+    old = build_contents(persona, keys, authority, trust_model="ap-key")
+    cv = pki.parse_cv_certificate(_blob(old, "text.cv_cert"))
+    assert cv.public_key.public_numbers() == keys.text_ap.public_key().public_numbers()
+    raw = _blob(old, "text.integrity")
+    _, fields = _fields(raw, 0xFF30)
+    pki.verify_sha256(cv.public_key, fields[0xDF33].value, raw[5 : fields[0xDF33].start])
+    signed = _blob(old, "text.signed_public_key")
+    _, f = _fields(signed, 0xFF50)
+    pki.verify_sha256(authority.text_cv_issuer_public_key, f[0xDF52].value, signed[f[0xDF51].start : f[0xDF51].end])
+
+
 def _blob(contents: dict, cid: str) -> bytes:
     value = contents[cid]
     assert isinstance(value, bytes), cid
@@ -87,7 +106,7 @@ def test_contents_fit_the_profile(contents: dict) -> None:
             assert isinstance(contents[cid], list) and all(isinstance(r, bytes) for r in contents[cid]), cid
         else:
             assert isinstance(contents[cid], bytes), cid
-            assert spec["size"] == 0 or len(contents[cid]) <= spec["size"], cid
+            assert spec.get("size", 0) == 0 or len(contents[cid]) <= spec["size"], cid
     for cid in data:
         assert isinstance(contents[cid], bytes), cid
 
@@ -214,7 +233,10 @@ def test_integrity_record(contents: dict, authority: pki.Authority, keys: CardKe
     cv.verify(authority.text_cv_issuer_public_key)
     assert cv.issuer_key_id == pki.TEXT_CV_ISSUER_KEY_ID
     pki.verify_sha256(cv.public_key, fields[0xDF33].value, signed)
-    assert cv.public_key.public_numbers() == keys.text_ap.public_key().public_numbers()
+    # EF 0004 certifies the municipality key, not the AP's own (the default trust model, D13).
+    assert cv.subject_key_id == TEXT_MUNICIPALITY_KEY_ID
+    assert cv.public_key.public_numbers() == issuers().text_municipality.public_key().public_numbers()
+    assert cv.public_key.public_numbers() != keys.text_ap.public_key().public_numbers()
 
 
 def test_text_keys(contents: dict, authority: pki.Authority, keys: CardKeys) -> None:
@@ -228,7 +250,9 @@ def test_text_keys(contents: dict, authority: pki.Authority, keys: CardKeys) -> 
     _, fields = _fields(signed, 0xFF50)
     df51 = signed[fields[0xDF51].start : fields[0xDF51].end]
     assert pki.decode_rsa_public_key(fields[0xDF51].value).public_numbers() == (keys.text_ap.public_key().public_numbers())
-    pki.verify_sha256(authority.text_cv_issuer_public_key, fields[0xDF52].value, df51)
+    # A client checks DF52 with the key from EF 0004 (MCARD; §4.6).
+    cv = pki.parse_cv_certificate(_blob(contents, "text.cv_cert"))
+    pki.verify_sha256(cv.public_key, fields[0xDF52].value, df51)
 
 
 def test_text_basic_info(contents: dict) -> None:
@@ -286,8 +310,10 @@ def test_face_signature(contents: dict, authority: pki.Authority) -> None:
     recovered = cv.public_key.recover_data_from_signature(fields[0xDF28].value, padding.PKCS1v15(), NoDigestInfo())
     assert recovered == pki.digest_info_sha256(digests)
     assert recovered[-96:] == digests
-    # The presence check's key (DF24) is the one EF 0004 certifies.
-    assert pki.decode_rsa_public_key(fields[0xDF24].value).public_numbers() == cv.public_key.public_numbers()
+    # EF 0004 certifies the municipality key that signed DF28; the presence check's key (DF24)
+    # is the AP's own, vouched for by that signature.
+    assert cv.subject_key_id == VISUAL_MUNICIPALITY_KEY_ID
+    assert pki.decode_rsa_public_key(fields[0xDF24].value).public_numbers() != cv.public_key.public_numbers()
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ def read_ef(card: Card, fid: str, le: int = 0x1000) -> bytes:
 
 
 def test_the_default_profile_has_the_variants_of_the_issue() -> None:
-    assert VARIANTS == ["default", "basic4-long", "reselect-keeps-status", "contactless", "get-data-whole"]
+    assert VARIANTS == ["default", "basic4-long", "reselect-keeps-status", "contactless", "get-data-whole", "trust-ap-key"]
 
 
 @pytest.mark.parametrize("variant_card", VARIANTS, indirect=True)

@@ -27,10 +27,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .. import signing, sw
-from ..files import BinaryEf, Ef, OpaqueEf, PinEf, PrivateKeyEf, RecordEf
+from ..files import BinaryEf, CvKeyEf, Ef, OpaqueEf, PinEf, PrivateKeyEf, RecordEf
 from ..keys import KeyRing, Outcome, StorageFailure, format_ok
 from ..profile import ApSpec
 from ..sm import SmSession
+from ..tlv import TlvError, iter_tlvs
 
 _E = TypeVar("_E", bound=Ef)
 Handler = Callable[["Session", int, int, bytes, "int | None", bool], bytes]
@@ -44,13 +45,17 @@ MATCH, BLOCKED = Outcome.MATCH, Outcome.BLOCKED
 class Session:
     """The volatile security state: current application, current EF, verified keys."""
 
-    __slots__ = ("ap", "ef", "sm", "verified")
+    __slots__ = ("ap", "ef", "sm", "terminal", "terminal_body", "verified")
 
     def __init__(self, ap: Application) -> None:
         self.ap = ap
         self.ef: Ef | None = None
         self.verified: set[str] = set()
         self.sm: SmSession | None = None  # the text AP's secure-messaging session, after SET SESSION KEY
+        # 80 A2 (JPKI): the certificate body waiting for its signature, then the terminal's
+        # (key ID, public key) once its certificate checked out.
+        self.terminal_body: bytes | None = None
+        self.terminal: tuple[bytes, rsa.RSAPublicKey] | None = None
 
 
 class Application:
@@ -364,6 +369,20 @@ def build_efs(
             efs[fid] = PinEf(ef)
         elif ef.type == "rsa":
             efs[fid] = PrivateKeyEf(ef, private_key(ef.private_key))
+        elif ef.type == "cv_key":
+            raw = content.get(ef.content, b"")
+            if not isinstance(raw, bytes) or len(raw) < 17:
+                raise ValueError(f"content {ef.content!r} of EF {fid:04X} must be a key ID and a 90/91 public key")
+            efs[fid] = CvKeyEf(ef, raw[:16], rsa_public_key(raw[16:], f"content {ef.content!r} of EF {fid:04X}"))
         else:
             efs[fid] = OpaqueEf(ef)
     return efs
+
+
+def rsa_public_key(data: bytes, what: str) -> rsa.RSAPublicKey:
+    """The card's RSA public-key encoding, ``90 <e> 91 <n>``; ValueError naming ``what``."""
+    try:
+        fields = {item.tag: item.value for item in iter_tlvs(data)}
+        return rsa.RSAPublicNumbers(int.from_bytes(fields[0x90], "big"), int.from_bytes(fields[0x91], "big")).public_key()
+    except (TlvError, KeyError, ValueError):
+        raise ValueError(f"{what}: not a 90/91 RSA public key") from None
