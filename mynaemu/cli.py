@@ -508,6 +508,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     variables.update(given)
     failed = 0
     for flow, transcript in zip(args.flow, transcripts, strict=True):
+        if args.card is not None and transcript.variant not in (None, card.profile.variant):
+            raise UsageError(f"{flow}: a flow for card variant {transcript.variant!r}; this card is "
+                             f"{card.profile.variant!r} (issue one with --variant {transcript.variant})")
         if args.card is not None:
             card.power_on()  # every transcript starts in the power-on state
         try:

@@ -37,7 +37,11 @@ Variable names (what ``card_variables`` provides; any mapping with these keys wi
 card): ``auth_pin sign_pin text_pin juki_pin common_pin``, ``my_number``, ``check_a``,
 ``check_b``, ``birth_yymmdd`` (era), ``birth_yyyymmdd``, ``persona.FIELD``, ``content:ID`` (issued
 content objects, e.g. ``content:jpki.auth_cert``), ``cert:auth`` / ``cert:sign`` (DER), and
-``tries:KEY`` (tries left now, per profile key name: auth, sign, text, text-a, ...).
+``tries:KEY`` (tries left now, per profile key name: auth, sign, text, text-a, ...), and
+``terminal_cert`` (a terminal CV certificate by the card's terminal CA, for ``80 A2``).
+
+A description line ``Variant: NAME`` marks a flow for one card variant only (D13); replaying it
+on a card of another variant is refused before anything is sent.
 
 Macro ``@read STYLE EF EXPECTED [save=NAME]`` reads a TLV-headed EF the way a client does, with
 the chunk sizes computed from the header the card returns (as the client computes them):
@@ -574,6 +578,14 @@ class Transcript:
     def title(self) -> str:
         return self.description.splitlines()[0] if self.description else self.name
 
+    @property
+    def variant(self) -> str | None:
+        """The card variant the flow is for (a ``Variant: NAME`` description line), None for any."""
+        for line in self.description.splitlines():
+            if line.startswith("Variant: "):
+                return line.removeprefix("Variant: ").strip()
+        return None
+
     def variables_needed(self) -> set[str]:
         """Variables that must be given (those bound by ``save=`` on an earlier line excluded)."""
         need: set[str] = set()
@@ -954,4 +966,12 @@ def card_variables(card: Card, secrets: Mapping[str, str]) -> dict[str, Any]:
             out[f"cert:{name}"] = card.dir.content[cid]
     for name in card.profile.keys:
         out[f"tries:{name}"] = card.tries_left(name)
+    # A terminal certificate the card's terminal CA issued (for 80 A2), of a fixed test key ID.
+    from .cv_issuers import CvIssuers
+
+    issuers = CvIssuers.load_or_create()
+    out["terminal_cert"] = issuers.terminal_certificate(TEST_TERMINAL_KEY_ID, issuers.text_municipality.public_key())
     return out
+
+
+TEST_TERMINAL_KEY_ID = bytes.fromhex("39303030393031080530303100000000")  # key_id("9000901"), emulated

@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -56,11 +57,16 @@ def test_the_default_profile_has_the_variants_of_the_issue() -> None:
 @pytest.mark.parametrize("variant_card", VARIANTS, indirect=True)
 @pytest.mark.parametrize("flow", transcript_files(), ids=[p.stem for p in transcript_files()])
 def test_every_flow_runs_on_every_variant(variant_card: Card, flow: Path) -> None:
+    """Every flow for any variant runs on each; a variant's own flow runs on it and fails on the default."""
     from mynaemu.transcript import load_transcript
 
+    transcript = load_transcript(flow)
     variant_card.power_on()
-    result = replay(load_transcript(flow), variant_card.transmit, card_variables(variant_card, dict(TEST_SECRETS)))
-    assert result.ok, result
+    result = replay(transcript, variant_card.transmit, card_variables(variant_card, dict(TEST_SECRETS)))
+    if transcript.variant in (None, variant_card.profile.variant):
+        assert result.ok, result
+    elif variant_card.profile.variant == "default" and transcript.variant != "contactless":
+        assert not result.ok, f"{flow.name} passes on the default card too: it shows no difference"
 
 
 @pytest.mark.parametrize("variant_card", VARIANTS, indirect=True)
@@ -213,3 +219,27 @@ def test_a_variant_table_is_checked(tmp_path: Path) -> None:
     (tmp_path / "p.toml").write_text(text, encoding="utf-8")
     with pytest.raises(ProfileError, match=r"variants\.bad\.basic4_length: must be one of short, long"):
         Profile.load(tmp_path / "p.toml")
+
+
+def test_replay_refuses_a_flow_of_another_variant(variant_dirs, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "variant-basic4-long", "--card", str(variant_dirs["default"])]) == 2
+    assert "a flow for card variant 'basic4-long'; this card is 'default'" in capsys.readouterr().err
+    assert main(["replay", "variant-basic4-long", "--card", str(variant_dirs["basic4-long"])]) == 0
+    assert main(["replay", "terminal-auth", "new-commands", "--card", str(variant_dirs["default"])]) == 0
+
+
+def test_df52_verifies_with_the_ef_0004_key_only_in_the_municipality_model(variant_dirs) -> None:
+    """The client MCARD describes: DF52 (over DF51) checked with the public key of EF 0004."""
+    from mynaemu import pki, tlv
+
+    for variant, verifies in (("default", True), ("trust-ap-key", False)):
+        content = Card.load(variant_dirs[variant], read_only=True).dir.content
+        record = content["text.signed_public_key"]
+        items = tlv.children(record, tlv.parse_tlv(record))
+        df51, df52 = tlv.find(items, 0xDF51), tlv.find(items, 0xDF52)
+        key = parse_cv_certificate(content["text.cv_cert"]).public_key
+        if verifies:
+            pki.verify_sha256(key, df52.value, record[df51.start : df51.end])
+        else:
+            with pytest.raises(InvalidSignature):
+                pki.verify_sha256(key, df52.value, record[df51.start : df51.end])
