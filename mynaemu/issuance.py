@@ -195,7 +195,8 @@ def issue_card(
     prof.check_issued_content(content)  # a card that would not load is never written
     # The card's own identity, bound into every file of its directory: random per card (test
     # cards of one persona share their serial number), so files of two cards never pass as one.
-    card_id = f"{_random.randbits(96):029d}"
+    # Letters only: no PIN, password or hex of one can ever be a substring of it.
+    card_id = "".join(_random.choice(string.ascii_lowercase) for _ in range(24))
     meta = {
         "card_id": card_id,
         "persona": persona_to_json(persona),

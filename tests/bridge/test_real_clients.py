@@ -661,7 +661,7 @@ def test_mynaemu_serve_end_to_end(pcscd, card_dir: Path, tmp_path: Path, _data_d
     wait_for_card(name, present=False, timeout=10)
     args = serve_args(str(card_dir), "--slot", str(SLOT), "--trace", str(trace), "--no-start-pcscd")
     with running(args, env=serve_env(_data_dir), cwd=tmp_path) as (proc, lines):
-        m = lines.expect(r"^Serving card (\d+) in reader '(.+)'\.")
+        m = lines.expect(r"^Serving card (\S+) in reader '(.+)'\.")
         assert m.group(1) == Card.load(card_dir, read_only=True).dir.card_id
         assert m.group(2) == name
         assert wait_for_card(name, present=True, timeout=10) == ATR
@@ -700,7 +700,7 @@ def test_mynaemu_serve_issues_the_demo_card_once(pcscd, issued_template, _data_d
     card_ids = []
     for run in (1, 2):
         with running(serve_args("--no-start-pcscd"), env=serve_env(data_dir), cwd=tmp_path) as (proc, lines):
-            card_ids.append(lines.expect(r"^Serving card (\d+) in reader", timeout=60).group(1))
+            card_ids.append(lines.expect(r"^Serving card (\S+) in reader", timeout=60).group(1))
             issued = [line for line in lines.seen if line.startswith("Issued the demo card")]
             assert len(issued) == (1 if run == 1 else 0), lines.seen
             assert wait_for_card(name, present=True, timeout=10) == ATR
