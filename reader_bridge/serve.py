@@ -162,7 +162,8 @@ class _SlotGuard(threading.Thread):
                         state = "removed"
                     else:
                         absent_since.pop(slot, None)
-                        silent = now - max(link.last_frame, link.started_at)
+                        # A slow or muted card is busy answering, not silent.
+                        silent = 0.0 if link.busy else now - max(link.last_frame, link.started_at)
                         state = "connected, but vpcd does not talk to it" if link.connected.is_set() else "not connected"
                     if present.get(name) and silent >= self.foreign_after:
                         self._fail(f"reader {name!r} shows a card that is not ours (our link: {state}, silent "
