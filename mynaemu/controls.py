@@ -586,7 +586,7 @@ def _op_kiosk_reset(c: CardControls, r: dict) -> dict:
 
 
 def _op_clock_offset(c: CardControls, r: dict) -> dict:
-    given = [f for f in ("seconds", "shift", "expire", "not_yet_valid") if r.get(f) not in (None, False)]
+    given = [f for f in ("seconds", "shift", "expire", "not_yet_valid") if r.get(f) is not None and r.get(f) is not False]
     if len(given) != 1:
         raise ControlError("clock-offset: give one of seconds, shift, expire: true, not_yet_valid: true")
     if given[0] == "seconds":
