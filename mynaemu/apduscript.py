@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 _VARIABLE = re.compile(r"\$\{(#?)([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATTERN = re.compile(r"[0-9A-F?]*\*?")
+_COMMENT = re.compile(r"(?<!\$\{)#")  # "#" starts a comment, except in ${#NAME}
 
 
 class ScriptError(ValueError):
@@ -90,7 +91,7 @@ def parse_script(text: str) -> list[ScriptLine]:
     """The commands of a script; ScriptError naming the first line that is not one."""
     lines = []
     for number, raw in enumerate(text.splitlines(), 1):
-        body = raw.split("#", 1)[0].strip()
+        body = _COMMENT.split(raw, maxsplit=1)[0].strip()
         if not body:
             continue
         command, arrow, expected = body.partition("=>")

@@ -231,7 +231,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}
     keys = card.key_status()
     if args.json:
-        json.dump({"card_id": card.dir.card_id, "persona": persona, "applications": apps, "keys": keys},
+        json.dump({"card_id": card.dir.card_id, "persona": persona, "applications": apps, "keys": keys,
+                   "clock_offset_seconds": int(card.clock_offset.total_seconds())},
                   sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
@@ -239,6 +240,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  {p.name} ({p.name_kana}), born {p.birth.isoformat()}, sex {p.sex}")
     print(f"  {p.address}")
     print(f"  card expiry {p.card_expiry.isoformat()}, certificates {p.cert_expiry.isoformat()}")
+    if card.clock_offset:
+        print(f"  card clock offset {int(card.clock_offset.total_seconds()):+d} s: card time "
+              f"{card.now().replace(microsecond=0).isoformat()}")
     if card.dir.meta.get("suspended"):
         print(f"  SUSPENDED since {card.dir.meta['suspended']}: its JPKI certificates are revoked")
     print("Applications:")
