@@ -262,3 +262,17 @@ def _certificates(card: Card):
     from mynaemu.controls import _certificates as certificates
 
     return certificates(card)
+
+
+def test_send_and_run_reach_the_card_through_a_reader(steered: Steered, tmp_path: Path, capsys) -> None:
+    from mynaemu.cli import main
+
+    select = SELECT_JPKI.hex().upper()
+    assert main(["send", "--reader", steered.reader, select, "00A4020C020018", QUERY.hex()]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("00200080 -> 63C3")
+    script = tmp_path / "read.apdu"
+    script.write_text(f"{select} => 9000\n00A4020C02000A => 9000\n00B0000002 => 3082 9000\n")
+    assert main(["run", str(script), "--reader", steered.reader]) == 0
+    steered.do("fault", kind="error", match="00B0")  # the trainer breaks READ BINARY
+    assert main(["run", str(script), "--reader", steered.reader]) == 1
+    assert "line 3: expected 3082 9000, got 6F00" in capsys.readouterr().err
