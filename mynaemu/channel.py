@@ -176,6 +176,11 @@ class ControlServer:
                 uid = peer_uid(conn)
                 if uid != os.geteuid():
                     log.warning("control socket: refused a client of uid %d", uid)
+                    # Take its first request (unlooked-at) before answering: a client that writes
+                    # first then reads gets the refusal, not a broken pipe.
+                    conn.settimeout(1.0)
+                    with contextlib.suppress(OSError, OverflowError):
+                        _LineReader(conn, limit=4096).read()
                     conn.sendall(encode_line({"ok": False, "error": f"refused: this card is served by uid "
                                                                   f"{os.geteuid()}, not yours ({uid})", "kind": "refused"}))
                     return

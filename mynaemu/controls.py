@@ -31,6 +31,7 @@ from . import admin
 from .card import Card, CardClosedError
 from .keys import StorageFailure
 from .redact import mask_command, scrub
+from .state import StateError
 
 log = logging.getLogger("mynaemu.controls")
 
@@ -309,7 +310,6 @@ def suspend_card(card: Card, authority_dir: Path | str | None = None) -> dict[st
     """Lost card: revoke its JPKI certificates on the emulated CRLs (``mynaemu.revocation``)."""
     from .pki import Authority, default_authority_dir
     from .revocation import suspend
-    from .state import StateError
 
     where = Path(authority_dir) if authority_dir is not None else default_authority_dir()
     if not (where / "authority.json").exists():
@@ -529,6 +529,11 @@ class CardControls:
             return {"ok": True, **result}
         except ControlError as exc:
             return {"ok": False, "error": scrub(" ".join(str(exc).split()), secrets), "kind": exc.kind}
+        except StateError as exc:  # a file of the card or the authority that cannot be trusted
+            return {"ok": False, "error": scrub(" ".join(str(exc).split()), secrets), "kind": "refused"}
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return {"ok": False, "error": scrub(f"{where}{exc.strerror or exc}", secrets), "kind": "failed"}
         except Exception as exc:  # a bug: still an answer, never a secret
             log.error("control request failed: %s", type(exc).__name__)
             return {"ok": False, "error": scrub(f"internal error ({type(exc).__name__}: {exc})", secrets),

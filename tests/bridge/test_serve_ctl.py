@@ -115,13 +115,21 @@ def test_served_card_is_steered_by_ctl_admin_send_and_run(pcscd, card_dir: Path,
         conn = scard_connect(name)
         assert conn.transmit(SELECT_JPKI) == OK
 
+        # the lost card: its certificates revoked by the serving process, the card still answers
+        capsys.readouterr()
+        assert main(["admin", card, "suspend"]) == 0
+        assert "auth CRL" in capsys.readouterr().out
+        assert conn.transmit(SELECT_JPKI) == OK
+        assert main(["ctl", card, "hold"]) == 1
+        assert "the authority service is not installed" in capsys.readouterr().err
+
         # the clock
         capsys.readouterr()
         assert main(["ctl", card, "clock-offset", "+400d"]) == 0
         assert main(["ctl", card, "--json", "status"]) == 0
         status = json.loads(capsys.readouterr().out.splitlines()[-1])
         assert status["clock_offset_seconds"] == 400 * 86400 and status["inserted"] is True
-        assert status["keys"]["auth"]["tries_left"] == 3
+        assert status["keys"]["auth"]["tries_left"] == 3 and status["suspended"]
         assert Card.load(card_dir, read_only=True).clock_offset.days == 400
         conn.close()
         rest = stop(proc, lines)
@@ -129,5 +137,6 @@ def test_served_card_is_steered_by_ctl_admin_send_and_run(pcscd, card_dir: Path,
     assert "state is saved" in output
     for secret in (NEW_PIN, NEW_PIN.encode().hex(), NEW_PIN.encode().hex().upper()):
         assert secret not in output.replace(status["card_id"], "CARD"), secret
+    assert wait_for_card(name, present=False, timeout=10) == b""
     assert not sock.exists()  # removed on the way out
     assert Card.load(card_dir, read_only=True).tries_left("auth") == 3

@@ -18,7 +18,7 @@ from test_real_clients import SELECT_AUTH_PIN, SELECT_JPKI, scard_connect, verif
 
 from mynaemu import Card
 from mynaemu.controls import CardControls
-from reader_bridge.pcscd import PcscError, pcsc_context, wait_for_card
+from reader_bridge.pcscd import PcscError, find_vpcd_readers, pcsc_context, reader_name, wait_for_card
 from reader_bridge.steering import FaultyCard, ReaderSlot
 from tests.conftest import SECRETS
 
@@ -46,6 +46,8 @@ class Steered:
 
 @pytest.fixture
 def steered(card_dir: Path, slots) -> Iterator[Steered]:
+    # A card an earlier test took out may still show in PC/SC: let pcscd see the reader empty first.
+    wait_for_card(reader_name(SLOT, find_vpcd_readers()), present=False, timeout=10)
     card = Card.load(card_dir)
     faulty = FaultyCard(card)
     presence = ReaderSlot(slots.readers, SLOT, faulty)
