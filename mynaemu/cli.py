@@ -930,8 +930,9 @@ def _add_ctl_commands(p: argparse.ArgumentParser) -> None:
     c.add_argument("--shift", metavar="OFFSET", help="move it by OFFSET from where it is")
     c.add_argument("--expire", action="store_true", help="one day past the certificates' notAfter")
     c.add_argument("--not-yet-valid", action="store_true", help="one day before their notBefore")
-    for op in ("hold", "lift", "revoke", "reissue"):
-        csub.add_parser(op, help=f"{op} the JPKI certificates (the authority service)")
+    for op, what in (("hold", "put the JPKI certificates on hold"), ("lift", "lift a hold"),
+                     ("revoke", "revoke the JPKI certificates"), ("reissue", "issue new JPKI certificates")):
+        csub.add_parser(op, help=f"{what} (the authority service)")
 
 
 # The ctl commands alone, for the lines ``serve --interactive`` reads.
