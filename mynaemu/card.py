@@ -13,16 +13,17 @@ answers 6F00 and the card goes on answering.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from . import carddir, sw
+from . import cardclock, carddir, sw
 from .apdu import ApduError, parse_fields
 from .aps import APPLICATION_CLASSES, Application, Session
 from .aps.base import Handler, build_efs
@@ -78,6 +79,8 @@ class Card:
         # Reentrant: an operator command may call transmit-level helpers while holding it.
         self.mutex = threading.RLock()
         try:
+            self._clock_offset = cardclock.read_clock_offset(
+                card_dir.path, card_dir.card_id, dir_fd=lock.fd if lock is not None else None)
             self.store = StateStore(card_dir.state_path, card_dir.card_id, read_only=read_only, lock=lock)
             self.keyring = KeyRing(self.profile.keys, self.store)
             self.applications: dict[str, Application] = {}
@@ -321,6 +324,35 @@ class Card:
     def tries_left(self, key: str) -> int:
         """Tries left of one key (names as in the profile: auth, sign, text, ...)."""
         return self.keyring[key].tries_left
+
+    # -- the card's clock (mynaemu.cardclock) --------------------------------------------------
+    @property
+    def clock_offset(self) -> dt.timedelta:
+        """How far the card's time is from the real time (0 unless a scenario moved it)."""
+        return dt.timedelta(seconds=self._clock_offset)
+
+    def now(self) -> dt.datetime:
+        """The time at the card (UTC, aware): validity of its certificates is judged at this time."""
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._clock_offset)
+
+    def clock(self) -> Callable[[], dt.datetime]:
+        """The card's clock as a function (``now``), for code that takes a clock."""
+        return self.now
+
+    def set_clock_offset(self, seconds: int) -> None:
+        """Move the card's clock, durably (controls.json); ValueError for an offset out of range.
+
+        Takes the card's lock like an operator command; OSError when it cannot be written (the
+        offset then stays as it was).
+        """
+        seconds = cardclock.check_offset(seconds)
+        with self.mutex:
+            self._check_open()
+            if self.read_only or self._lock is None:
+                raise PermissionError(13, "card loaded read-only")
+            self._lock.check_path()
+            cardclock.write_clock_offset(self.dir.path, self.dir.card_id, seconds, dir_fd=self._lock.fd)
+            self._clock_offset = seconds
 
 
 def _data_object(tag: int, content: bytes | list[bytes], template: str) -> bytes:

@@ -32,7 +32,7 @@ from .persona import MEIJI_START
 from .private_files import make_private_dirs
 from .profile import Profile, ProfileError
 from .redact import mask_command, mask_hex_text, scrub
-from .state import StateError
+from .state import CardBusyError, StateError
 
 KEY_NAMES = ("auth", "sign", "text", "juki", "common", "text-a", "text-b", "visual-a", "visual-b", "visual-birth")
 SEXES = {"male": "1", "m": "1", "1": "1", "female": "2", "f": "2", "2": "2", "n/a": "9", "9": "9"}
@@ -245,7 +245,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     secrets = _published_secrets(card, args.card_dir) if args.secrets else None
     if args.json:
         doc = {"card_id": card.dir.card_id, "kind": kind, "variant": card.profile.variant, "persona": persona,
-               "applications": apps, "keys": keys}
+               "applications": apps, "keys": keys, "clock_offset_seconds": int(card.clock_offset.total_seconds())}
         if secrets is not None:
             doc["secrets"] = secrets
         json.dump(doc, sys.stdout, ensure_ascii=False, indent=1)
@@ -255,6 +255,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  {p.name} ({p.name_kana}), born {p.birth.isoformat()}, sex {p.sex}")
     print(f"  {p.address}")
     print(f"  card expiry {p.card_expiry.isoformat()}, certificates {p.cert_expiry.isoformat()}")
+    if card.clock_offset:
+        print(f"  card clock offset {int(card.clock_offset.total_seconds()):+d} s: card time "
+              f"{card.now().replace(microsecond=0).isoformat()}")
     if card.dir.meta.get("suspended"):
         print(f"  SUSPENDED since {card.dir.meta['suspended']}: its JPKI certificates are revoked")
     print("Applications:")
@@ -283,9 +286,9 @@ def _published_secrets(card: Card, card_dir: Path) -> dict[str, str]:
 MAX_APDU = 4 + 3 + 65535 + 3  # header, extended Lc, data, extended Le
 
 
-def cmd_send(args: argparse.Namespace) -> int:
+def _parse_apdus(texts: list[str]) -> list[bytes]:
     apdus = []
-    for n, text in enumerate(args.apdu, 1):
+    for n, text in enumerate(texts, 1):
         cleaned = "".join(text.split())
         try:
             apdu = bytes.fromhex(cleaned)
@@ -297,13 +300,76 @@ def cmd_send(args: argparse.Namespace) -> int:
             raise UsageError(f"APDU {n} ({mask_command(apdu) or 'empty'}) is {len(apdu)} bytes; "
                              f"an APDU is 4 to {MAX_APDU} bytes")
         apdus.append(apdu)
-    card = Card.load(args.card_dir)
-    card.power_on()
-    for apdu in apdus:
-        resp = card.transmit(apdu)
-        print(f"{mask_command(apdu)} -> {resp.hex().upper()}  {sw.describe(resp[-2:])}")
-    card.power_off()
+    return apdus
+
+
+def _print_exchange(apdu: bytes, resp: bytes) -> None:
+    print(f"{mask_command(apdu)} -> {resp.hex().upper()}  {sw.describe(resp[-2:])}")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    texts = ([args.card_dir] if args.reader is not None else []) + args.apdu
+    if not texts:
+        raise UsageError("the following arguments are required: APDU_HEX")
+    apdus = _parse_apdus(texts)
+    if args.reader is not None:
+        transmit = _reader_transmit(args.reader)
+        for apdu in apdus:
+            _print_exchange(apdu, transmit(apdu))
+        return 0
+    target = _load_or_channel(Path(args.card_dir))
+    if not isinstance(target, Card):
+        # A served card: one request, so no reader client's command comes between these.
+        with target:
+            answer = _remote(target, "transmit", apdus=[a.hex().upper() for a in apdus])
+        for apdu, resp in zip(apdus, answer["responses"], strict=True):
+            _print_exchange(apdu, bytes.fromhex(resp))
+        return 0
+    card = target
+    try:
+        card.power_on()
+        for apdu in apdus:
+            _print_exchange(apdu, card.transmit(apdu))
+        card.power_off()
+    finally:
+        card.close()
     return 0
+
+
+# -- served cards: the control channel -------------------------------------------------------------
+def _channel(card_dir: Path):
+    """A ControlClient to the serve of ``card_dir``, None when it is not served."""
+    from .channel import ChannelError, ControlClient
+
+    try:
+        return ControlClient.connect(card_dir)
+    except ChannelError as exc:
+        raise RuntimeFailure(str(exc)) from None
+
+
+def _load_or_channel(card_dir: Path):
+    """The card for writing, or, when a ``serve`` holds it, a ControlClient to that serve."""
+    try:
+        return Card.load(card_dir)
+    except CardBusyError:
+        client = _channel(card_dir)
+        if client is None:
+            raise  # held by a process without a control channel: say it is in use
+        return client
+
+
+def _remote(client, op: str, **fields) -> dict:
+    """One request to a served card; a refusal is a usage error, a failure a runtime one."""
+    from .channel import ChannelError
+
+    try:
+        answer = client.request(op, **fields)
+    except ChannelError as exc:
+        raise RuntimeFailure(str(exc)) from None
+    if not answer["ok"]:
+        message = str(answer.get("error") or "refused")
+        raise RuntimeFailure(message) if answer.get("kind") == "failed" else UsageError(message)
+    return answer
 
 
 # -- admin ---------------------------------------------------------------------------------------
@@ -329,31 +395,38 @@ def cmd_admin(args: argparse.Namespace) -> int:
             raise UsageError(f"give the current {partner} value: --other-file FILE (- = stdin), "
                              f"{SECRET_ENV['other']}, --other VALUE, or run on a terminal to be asked")
         new = _new_value(args)
-    card = Card.load(args.card_dir)
+    new = new if args.action in ("reset-pin", "kiosk-reset") else ""
+    other = other if args.action == "kiosk-reset" else ""
+    card = _load_or_channel(args.card_dir)
+    if not isinstance(card, Card):
+        with card:  # served: the serving process, the card's one writer, does it
+            return _admin_remote(card, args, new, other)
     try:
-        return _admin_action(card, args, new if args.action in ("reset-pin", "kiosk-reset") else "",
-                             other if args.action == "kiosk-reset" else "")
+        return _admin_action(card, args, new, other)
     except StorageFailure as exc:
         raise RuntimeFailure(f"the card's state could not be written ({exc}); nothing was changed") from None
     finally:
         card.close()
 
 
-def _check_issued_by(card: Card, authority) -> None:
-    """Refuse to suspend a card under an authority that did not sign its certificates.
+def _admin_remote(client, args: argparse.Namespace, new: str, other: str) -> int:
+    if args.action == "suspend":
+        from .pki import default_authority_dir
 
-    Every emulated authority has the same names, so only the signature tells them apart.
-    """
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
+        answer = _remote(client, "suspend", authority_dir=str(default_authority_dir()))
+        _print_suspended(answer["crls"])
+        return 0
+    fields = {"unblock": {}, "reset-pin": {"new": new}, "kiosk-reset": {"new": new, "other": other}}[args.action]
+    answer = _remote(client, args.action, key=args.key, **fields)
+    done = {"unblock": "unblocked", "reset-pin": "new value set", "kiosk-reset": "new value set at the kiosk"}
+    print(f"{args.key}: {done[args.action]}, {answer['tries_left']} tries")
+    return 0
 
-    der = card.dir.content.get("jpki.auth_cert", b"")
-    try:
-        x509.load_der_x509_certificate(der).verify_directly_issued_by(authority.auth_ca_certificate)
-    except (ValueError, TypeError, InvalidSignature):
-        raise RuntimeFailure(f"{card.dir.path}: its auth certificate was not issued by the authority in "
-                             f"{authority.directory}; run with the MYNAEMU_DATA_DIR the card was issued under "
-                             "(nothing was changed)") from None
+
+def _print_suspended(crls: dict) -> None:
+    print("Card suspended: its JPKI certificates are revoked; the card still answers as before.")
+    for which, path in crls.items():
+        print(f"  {which} CRL: {path}")
 
 
 def _admin_action(card: Card, args: argparse.Namespace, new: str, other: str) -> int:
@@ -367,28 +440,13 @@ def _admin_action(card: Card, args: argparse.Namespace, new: str, other: str) ->
         admin.kiosk_reset(card, args.key, new, other)
         print(f"{args.key}: new value set at the kiosk, {card.tries_left(args.key)} tries")
     else:
-        from .pki import Authority, default_authority_dir
-        from .revocation import suspend
+        from .controls import ControlFailure, suspend_card
 
-        where = default_authority_dir()
-        if not (where / "authority.json").exists():
-            raise RuntimeFailure(f"{where}: no emulated authority here; run with the MYNAEMU_DATA_DIR the card "
-                                 "was issued under")
-        authority = Authority.load(where)
-        _check_issued_by(card, authority)
         try:
-            crls = suspend(card, authority)
-        except StateError as exc:
-            if "not issued by this authority" in str(exc):
-                raise RuntimeFailure(f"{exc}; run with the MYNAEMU_DATA_DIR the card was issued under "
-                                     "(nothing was changed)") from None
-            raise
-        except OSError as exc:
-            raise RuntimeFailure(f"the suspension could not be written ({exc.strerror or exc}); run it again "
-                                 "when there is room (the card still answers as before)") from None
-        print("Card suspended: its JPKI certificates are revoked; the card still answers as before.")
-        for which, path in crls.items():
-            print(f"  {which} CRL: {path}")
+            crls = suspend_card(card)["crls"]
+        except ControlFailure as exc:
+            raise RuntimeFailure(str(exc)) from None
+        _print_suspended(crls)
     return 0
 
 
@@ -429,34 +487,8 @@ def _replay_variables(args: argparse.Namespace) -> dict[str, object]:
 
     Against an emulated card its own values are used unless a variable is given explicitly.
     """
-    items: list[tuple[str, str]] = []
-    if args.var_file is not None:
-        if args.var_file == "-":
-            if _session.stdin_used_by is not None:
-                raise UsageError("--var-file -: stdin is already read")
-            _session.stdin_used_by = "--var-file"
-            text = sys.stdin.read(MAX_SECRET_FILE)
-        else:
-            try:
-                text = Path(args.var_file).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
-                raise UsageError(f"--var-file {args.var_file}: cannot be read ({why})") from None
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                name, sep, value = line.partition("=")
-                if not sep or not name.strip():
-                    raise UsageError(f"--var-file {args.var_file}: line {n}: write NAME=VALUE (e.g. auth_pin=1234)")
-                items.append((name.strip(), value))
-    for item in args.var:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--var {mask_hex_text(item) if not sep else name + '=…'}: write NAME=VALUE (e.g. auth_pin=1234)")
-        items.append((name, value))
-    variables: dict[str, object] = {}
-    for name, value in items:
-        _remember(value)
-        variables[name] = value
+    items = _var_items(args)
+    variables: dict[str, object] = dict(items)
     for var, key in SECRET_VARS.items():
         if args.reader is not None and var not in variables and os.environ.get(SECRET_ENV[key]):
             variables[var] = _remember(os.environ[SECRET_ENV[key]])
@@ -541,6 +573,187 @@ def cmd_keypool(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- ctl: scenario controls ---------------------------------------------------------------------
+_OFFSET_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _offset_seconds(text: str, option: str) -> int:
+    """``+400d``, ``-2h``, ``90m``, ``-3600``: a clock offset in seconds."""
+    import re
+
+    m = re.fullmatch(r"([+-]?)(\d{1,12})([smhd]?)", text.strip())
+    if m is None:
+        raise UsageError(f"{option} {text!r}: write a whole number with an optional unit s, m, h or d (e.g. +400d, "
+                         "-- -2h)")
+    seconds = int(m.group(2)) * _OFFSET_UNITS[m.group(3) or "s"]
+    return -seconds if m.group(1) == "-" else seconds
+
+
+def ctl_request(args: argparse.Namespace) -> dict:
+    """The control request (``mynaemu.controls``) that parsed ``ctl`` arguments ask for."""
+    op = args.op
+    if op in ("set-tries",):
+        return {"op": op, "key": args.key, "tries": args.tries}
+    if op in ("block", "unblock"):
+        return {"op": op, "key": args.key}
+    if op == "reset-pin":
+        return {"op": op, "key": args.key, "new": _new_value(args)}
+    if op == "fault":
+        request: dict = {"op": op, "kind": args.kind}
+        for field in ("match", "mask", "at_apdu", "seconds", "times"):
+            if getattr(args, field) is not None:
+                request[field] = getattr(args, field)
+        return request
+    if op == "clock-offset":
+        chosen = [x for x in (args.offset is not None, args.shift is not None, args.expire, args.not_yet_valid) if x]
+        if len(chosen) != 1:
+            raise UsageError("clock-offset: give one of OFFSET, --shift OFFSET, --expire, --not-yet-valid")
+        if args.offset is not None:
+            return {"op": op, "seconds": _offset_seconds(args.offset, "OFFSET")}
+        if args.shift is not None:
+            return {"op": op, "shift": _offset_seconds(args.shift, "--shift")}
+        return {"op": op, "expire": True} if args.expire else {"op": op, "not_yet_valid": True}
+    return {"op": op}
+
+
+def describe_answer(request: dict, answer: dict) -> list[str]:
+    """An answer of the control channel as lines for people."""
+    op = request["op"]
+    if op == "status":
+        where = {None: "not in a reader", True: "in the reader", False: "removed from the reader"}[answer["inserted"]]
+        keys = ", ".join(f"{k} {v['tries_left']}/{v['limit']}{' BLOCKED' if v['blocked'] else ''}"
+                         for k, v in answer["keys"].items())
+        faults = "; ".join(" ".join(f"{k}={v}" for k, v in f.items()) for f in answer["faults"]) or "none"
+        lines = [f"card {answer['card_id']} in {answer['card_dir']}: {where}",
+                 f"  keys: {keys}",
+                 f"  clock offset {answer['clock_offset_seconds']:+d} s, card time {answer['card_time']}",
+                 f"  faults: {faults}"]
+        if answer.get("suspended"):
+            lines.append(f"  SUSPENDED since {answer['suspended']}")
+        return lines
+    if "tries_left" in answer:
+        return [f"{answer['key']}: {answer['tries_left']}/{answer['limit']} tries"]
+    if op == "clock-offset":
+        return [f"clock offset {answer['clock_offset_seconds']:+d} s, card time {answer['card_time']}"]
+    if op in ("remove", "insert"):
+        return ["inserted" if answer["inserted"] else "removed"]
+    if op == "fault":
+        return ["armed: " + " ".join(f"{k}={v}" for k, v in answer["fault"].items())]
+    if op == "clear-faults":
+        return [f"{answer['cleared']} fault(s) cleared"]
+    facts = {k: v for k, v in answer.items() if k != "ok"}
+    return [f"{op}: {json.dumps(facts, ensure_ascii=False)}"]
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from .controls import CardControls
+
+    request = ctl_request(args)
+    target = _load_or_channel(args.card_dir)
+    if isinstance(target, Card):  # not served: what needs no reader works on the card directly
+        try:
+            answer = CardControls(target).handle(request)
+        finally:
+            target.close()
+        if not answer["ok"]:
+            message = str(answer.get("error"))
+            raise RuntimeFailure(message) if answer.get("kind") == "failed" else UsageError(message)
+    else:
+        with target:
+            answer = _remote(target, args.op, **{k: v for k, v in request.items() if k != "op"})
+    if args.json:
+        print(json.dumps(answer, ensure_ascii=False))
+    else:
+        for line in describe_answer(request, answer):
+            print(line)
+    return 0
+
+
+# -- run: APDU scripts -----------------------------------------------------------------------------
+def _var_items(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """NAME=VALUE pairs from --var-file, then --var (later ones win)."""
+    items: list[tuple[str, str]] = []
+    if args.var_file is not None:
+        if args.var_file == "-":
+            if _session.stdin_used_by is not None:
+                raise UsageError("--var-file -: stdin is already read")
+            _session.stdin_used_by = "--var-file"
+            text = sys.stdin.read(MAX_SECRET_FILE)
+        else:
+            try:
+                text = Path(args.var_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
+                raise UsageError(f"--var-file {args.var_file}: cannot be read ({why})") from None
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                name, sep, value = line.partition("=")
+                if not sep or not name.strip():
+                    raise UsageError(f"--var-file {args.var_file}: line {n}: write NAME=VALUE (e.g. auth_pin=1234)")
+                items.append((name.strip(), value))
+    for item in args.var:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--var {mask_hex_text(item) if not sep else name + '=…'}: write NAME=VALUE (e.g. auth_pin=1234)")
+        items.append((name, value))
+    for _name, value in items:
+        _remember(value)
+    return items
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .apduscript import ScriptError, parse_script, run_script
+
+    if (args.card_dir is None) == (args.reader is None):
+        raise UsageError("give exactly one of CARD_DIR (an emulated card, served or not) or --reader NAME (PC/SC)")
+    try:
+        text = args.script.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
+        raise UsageError(f"{args.script}: cannot be read ({why})") from None
+    try:
+        lines = parse_script(text)
+    except ScriptError as exc:
+        raise UsageError(f"{args.script} {exc}") from None
+    values = dict(_var_items(args))
+    for name in sorted({n for line in lines for n in line.variables()} - set(values)):
+        for env in (name, f"MYNAEMU_{name}"):
+            if os.environ.get(env):
+                values[name] = _remember(os.environ[env])  # type: ignore[assignment]
+                break
+
+    def show(line, command: bytes, response: bytes) -> None:
+        if not args.quiet:
+            print(f"{line.number:>4}: {mask_command(command)} -> {response.hex().upper()}")
+
+    close = None
+    if args.reader is not None:
+        transmit = _reader_transmit(args.reader)
+    else:
+        target = _load_or_channel(args.card_dir)
+        if isinstance(target, Card):
+            target.power_on()
+            transmit, close = target.transmit, target.close
+        else:
+            def transmit(apdu: bytes) -> bytes:
+                return bytes.fromhex(_remote(target, "transmit", apdus=[apdu.hex().upper()])["responses"][0])
+
+            close = target.close
+    try:
+        mismatch = run_script(lines, values, transmit, show)
+    except ScriptError as exc:
+        raise UsageError(f"{args.script} {exc}") from None
+    finally:
+        if close is not None:
+            close()
+    if mismatch is not None:
+        expected = mismatch.line.expect
+        raise RuntimeFailure(f"{args.script} line {mismatch.line.number}: expected {expected}, got "
+                             f"{mismatch.response.hex().upper()} (for {mask_command(mismatch.command)})")
+    print(f"{args.script}: {len(lines)} command(s), every answer as expected")
+    return 0
+
+
 # -- serve ---------------------------------------------------------------------------------------
 def demo_card_dir() -> Path:
     """The demo card that ``mynaemu serve`` issues once and reuses."""
@@ -562,49 +775,69 @@ def _demo_card(path: Path) -> None:
     print(f"Demo card PINs: {pins} (`mynaemu info --secrets {path}` shows them)")
 
 
-CONTROL_HELP = "commands: remove [SLOT] | insert [SLOT] | status | quit   (SLOT defaults to the first)"
+CONTROL_HELP = ("commands: remove [SLOT] | insert [SLOT] | status | quit   (SLOT defaults to the first); "
+                "any `mynaemu ctl` command, e.g. `block auth`, `1 set-tries sign 2` (a leading number is the slot)")
 
 
-def control_from_stdin(cards: dict[int, Card], out=None):
-    """A ``serve`` control loop: insert and remove cards on demand from lines on stdin."""
+def control_from_stdin(controls: dict, out=None):
+    """A ``serve --interactive`` loop: lines on stdin become scenario controls (``mynaemu.controls``)."""
     out = out or sys.stdout
-    first = min(cards)
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
+    def status_line(slot: int) -> str:
+        answer = controls[slot].handle({"op": "status"})
+        where = "inserted" if answer["inserted"] else "removed"
+        left = ", ".join(f"{k} {v['tries_left']}/{v['limit']}" for k, v in answer["keys"].items())
+        return f"slot {slot}: {where}; {left}"
+
     def control(readers, stop) -> None:
+        first = min(controls)
         say(CONTROL_HELP)
         for line in sys.stdin:
             words = line.split()
             if not words:
                 continue
-            command, arg = words[0].lower(), words[1] if len(words) > 1 else str(first)
-            try:
-                slot = int(arg)
-            except ValueError:
-                say(f"not a slot: {arg!r}")
-                continue
+            command = words[0].lower()
             if command in ("q", "quit", "exit"):
                 stop.set()
                 return
-            if command in ("s", "status"):
-                for n, card in sorted(cards.items()):
-                    where = "inserted" if n in readers else "removed"
-                    left = ", ".join(f"{k} {v['tries_left']}/{v['limit']}" for k, v in card.key_status().items())
-                    say(f"slot {n}: {where}; {left}")
-            elif slot not in cards:
-                say(f"no card for slot {slot} (slots: {sorted(cards)})")
-            elif command in ("r", "remove"):
-                if slot in readers:
-                    readers.remove(slot)  # the card leaves the reader: power and security status go
-                say(f"slot {slot}: removed")
-            elif command in ("i", "insert"):
-                if slot not in readers:
-                    readers.insert(slot, cards[slot])
-                say(f"slot {slot}: inserted")
+            if command in ("s", "status") and len(words) == 1:
+                for slot in sorted(controls):
+                    say(status_line(slot))
+                continue
+            slot_word = None
+            if words[0].isdigit():
+                slot_word, words = words[0], words[1:]
+            elif command in ("r", "remove", "i", "insert", "s", "status") and len(words) == 2:
+                slot_word, words = words[1], [command]
+            try:
+                slot = first if slot_word is None else int(slot_word)
+            except ValueError:
+                say(f"not a slot: {slot_word!r}")
+                continue
+            if slot not in controls:
+                say(f"no card for slot {slot} (slots: {sorted(controls)})")
+                continue
+            words[0] = {"r": "remove", "i": "insert", "s": "status"}.get(words[0].lower(), words[0].lower())
+            if words == ["status"]:
+                say(status_line(slot))
+                continue
+            try:
+                args = _CTL_PARSER.parse_args(words)
+                request = ctl_request(args)
+            except (SystemExit, UsageError) as exc:
+                say(str(exc) if isinstance(exc, UsageError) else CONTROL_HELP)
+                continue
+            answer = controls[slot].handle(request)
+            if not answer["ok"]:
+                say(f"slot {slot}: error: {answer['error']}")
+            elif request["op"] in ("remove", "insert"):
+                say(f"slot {slot}: {'inserted' if answer['inserted'] else 'removed'}")
             else:
-                say(CONTROL_HELP)
+                for text in describe_answer(request, answer):
+                    say(f"slot {slot}: {text}")
 
     return control
 
@@ -643,6 +876,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refuse_same_card_twice(dirs)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    from reader_bridge.steering import FaultyCard, ReaderSlot
+
+    from .channel import ControlServer, socket_path
+    from .controls import CardControls
+
     interface = "contactless" if args.contactless else "contact"
     cards: dict[int, Card] = {}
     try:
@@ -653,9 +891,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
             card.close()
         raise
 
+    # What goes into the reader is the card behind a fault injector; the controls steer both.
+    faulty = {slot: FaultyCard(card) for slot, card in cards.items()}
+    controls: dict[int, CardControls] = {}
+    channels: dict[int, Path] = {}
+
+    def on_serving(readers):
+        servers = []
+        for slot, card in sorted(cards.items()):
+            controls[slot] = CardControls(card, presence=ReaderSlot(readers, slot, faulty[slot]), faults=faulty[slot])
+            try:
+                servers.append(ControlServer(card.dir.path, controls[slot].handle).start())
+                channels[slot] = socket_path(card.dir.path)
+            except OSError as exc:  # e.g. a read-only card directory: serve on, without remote control
+                print(f"mynaemu serve: warning: no control socket for {card.dir.path} ({exc.strerror or exc}); "
+                      "`mynaemu ctl` and `admin` cannot reach this card", file=sys.stderr, flush=True)
+
+        def close_servers() -> None:
+            for server in servers:
+                server.close()
+
+        return close_servers
+
     def ready(readers: list[str]) -> None:
-        for card, name in zip([cards[slot] for slot in sorted(cards)], readers, strict=False):
+        for slot, name in zip(sorted(cards), readers, strict=False):
+            card = cards[slot]
             print(f"Serving card {card.dir.card_id} in reader {name!r}. Ctrl-C stops.")
+            if slot in channels:
+                print(f"  steer it: mynaemu ctl {card.dir.path} status   (control socket {channels[slot]})")
         name = readers[0] if readers else reader_name(args.slot)
         print("  opensc-tool -n                       # names the card (JPKI)")
         select_jpki = "[0x00,0xA4,0x04,0x0C,0x0A,0xD3,0x92,0xF0,0x00,0x26,0x01,0x00,0x00,0x00,0x01]"
@@ -664,9 +927,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"c.connect(); print(c.transmit({select_jpki}))\"")
         sys.stdout.flush()
 
-    control = control_from_stdin(cards) if args.interactive else None
+    control = control_from_stdin(controls) if args.interactive else None
     try:
-        serve(cards, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready, control=control)
+        serve(faulty, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready, control=control,
+              on_serving=on_serving)
     except ValueError as exc:  # e.g. a slot this vpcd does not have
         raise UsageError(str(exc)) from None
     except ServeError as exc:  # an occupied or lost slot: said in one line, exit 1
@@ -697,6 +961,48 @@ def _secret_option(p: argparse.ArgumentParser, key: str, help_text: str) -> None
     p.add_argument(f"--{key}-pin", help=f"{help_text} (argv is readable by other local users: prefer the file or "
                                         f"{SECRET_ENV[key]})")
     p.add_argument(f"--{key}-pin-file", metavar="FILE", help=f"read the {key} PIN from FILE's first line (- = stdin)")
+
+
+def _add_ctl_commands(p: argparse.ArgumentParser) -> None:
+    """The ``ctl`` commands (also what ``serve --interactive`` reads)."""
+    from .controls import FAULT_KINDS
+
+    csub = p.add_subparsers(dest="op", required=True, metavar="COMMAND")
+    csub.add_parser("status", help="keys, clock, presence, faults")
+    csub.add_parser("remove", help="take the served card out of its reader (PC/SC sees it EMPTY)")
+    csub.add_parser("insert", help="put it back")
+    c = csub.add_parser("set-tries", help="set a key's tries left (0 to its limit)")
+    c.add_argument("key", choices=KEY_NAMES, metavar="KEY")
+    c.add_argument("tries", type=int, metavar="N")
+    for op, what in (("block", "block a key (VERIFY answers 6984)"), ("unblock", "full counter, value kept")):
+        c = csub.add_parser(op, help=what)
+        c.add_argument("key", choices=KEY_NAMES, metavar="KEY")
+    c = csub.add_parser("reset-pin", help="new value and a full counter (the municipal office)")
+    c.add_argument("key", choices=KEY_NAMES, metavar="KEY")
+    c.add_argument("new", metavar="NEW", nargs="?", help=f"the new value (argv is readable by other local users: "
+                                                         f"prefer --new-value-file, {SECRET_ENV['new']} or the prompt)")
+    c.add_argument("--new-value-file", metavar="FILE", help="read the new value from FILE's first line (- = stdin)")
+    c = csub.add_parser("fault", help="arm a fault between reader and card (served cards)")
+    c.add_argument("kind", choices=FAULT_KINDS, metavar="KIND", help="remove, mute, error (6F00) or slow")
+    c.add_argument("--match", metavar="HEX", help="fire on commands starting so; ? is any nibble (e.g. 0020??80)")
+    c.add_argument("--mask", metavar="HEX", help="a bytewise mask applied before --match compares")
+    c.add_argument("--at-apdu", type=int, metavar="N", help="fire on the N-th command from now (1 = the next)")
+    c.add_argument("--seconds", type=float, metavar="S", help="slow: the delay per command; mute: how long until "
+                                                               "the reader gives up (default: until cleared)")
+    c.add_argument("--times", type=int, metavar="N", help="error: how many commands (default: until cleared)")
+    csub.add_parser("clear-faults", help="disarm every fault (a muted command is let go)")
+    c = csub.add_parser("clock-offset", help="move the card's clock (expire the certificates, or not yet valid)")
+    c.add_argument("offset", metavar="OFFSET", nargs="?", help="e.g. +400d, 2h, 0 (a negative one after --: -- -1d)")
+    c.add_argument("--shift", metavar="OFFSET", help="move it by OFFSET from where it is")
+    c.add_argument("--expire", action="store_true", help="one day past the certificates' notAfter")
+    c.add_argument("--not-yet-valid", action="store_true", help="one day before their notBefore")
+    for op, what in (("hold", "put the JPKI certificates on hold"), ("lift", "lift a hold"),
+                     ("revoke", "revoke the JPKI certificates"), ("reissue", "issue new JPKI certificates")):
+        csub.add_parser(op, help=f"{what} (the authority service)")
+
+
+# The ctl commands alone, for the lines ``serve --interactive`` reads.
+_CTL_PARSER: argparse.ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -735,10 +1041,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secrets", action="store_true", help="also show the secrets (demo and test cards only)")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("send", help="power the card on and send APDUs (hex) in one session")
-    p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
-    p.add_argument("apdu", metavar="APDU_HEX", nargs="+")
+    p = sub.add_parser("send", help="send APDUs (hex) to a card (in one session), a served card or a PC/SC reader",
+                       usage="mynaemu send [-h] (CARD_DIR | --reader NAME) APDU_HEX [APDU_HEX ...]")
+    p.add_argument("card_dir", metavar="CARD_DIR", help="the card (served or not); left out with --reader")
+    p.add_argument("apdu", metavar="APDU_HEX", nargs="*")
+    p.add_argument("--reader", metavar="NAME", help="send through this PC/SC reader instead (pyscard)")
     p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("run", help="run an APDU script (one APDU per line, `=> 9000` expectations)")
+    p.add_argument("script", metavar="SCRIPT", type=Path)
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path, nargs="?", help="the card (served or not)")
+    p.add_argument("--reader", metavar="NAME", help="run through this PC/SC reader instead (pyscard)")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="a script variable ${NAME} (argv is readable by other local users: prefer --var-file or "
+                        "the environment variable NAME or MYNAEMU_NAME)")
+    p.add_argument("--var-file", metavar="FILE", help="NAME=VALUE lines, one variable each (- = stdin)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ctl", help="steer a card, served or not: tries, clock, certificates, presence, faults")
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _add_ctl_commands(p)
+    p.set_defaults(func=cmd_ctl)
 
     p = sub.add_parser("admin", help="operator commands: unblock, reset a PIN, kiosk reset")
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
@@ -791,6 +1116,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-start-pcscd", action="store_true", help="never start pcscd; use a running one")
     p.set_defaults(func=cmd_serve)
     return parser
+
+
+class _QuietParser(OneLineParser):
+    """OneLineParser that raises instead of printing: for ``serve --interactive`` lines."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(" ".join(message.split()))
+
+
+_CTL_PARSER = _QuietParser(prog="ctl", add_help=False)
+_add_ctl_commands(_CTL_PARSER)
 
 
 def _one_line(text: str) -> str:

@@ -169,6 +169,13 @@ class KeyRing:
         """Restore the full counter, keeping the value (the municipal office's unlock)."""
         self._commit(name, tries_left=self.keys[name].spec.limit)
 
+    def set_tries(self, name: str, tries_left: int) -> None:
+        """Set a key's tries left (scenario controls); ValueError outside 0..limit, never above the limit."""
+        limit = self.keys[name].spec.limit
+        if type(tries_left) is not int or not 0 <= tries_left <= limit:
+            raise ValueError(f"tries for {name!r} must be an integer from 0 to {limit}, not {tries_left!r}")
+        self._commit(name, tries_left=tries_left)
+
     def reset(self, name: str, new_value: bytes) -> None:
         """Set a new value and a full counter (the municipal office's re-initialisation)."""
         self._commit(name, value=new_value, tries_left=self.keys[name].spec.limit)

@@ -49,6 +49,10 @@ class StateError(Exception):
     """A state file that cannot be trusted; the message names the file and what is wrong."""
 
 
+class CardBusyError(StateError):
+    """The card's writer lock is held by another process (e.g. ``mynaemu serve``)."""
+
+
 class CardMovedError(OSError):
     """The card directory's path no longer names the directory that was locked."""
 
@@ -357,7 +361,7 @@ def acquire_card_lock(directory: Path) -> CardLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StateError(
+            raise CardBusyError(
                 f"{directory}: the card is in use by another process (e.g. `mynaemu serve`); stop that "
                 "first. `mynaemu info` works meanwhile."
             ) from None

@@ -162,7 +162,8 @@ class _SlotGuard(threading.Thread):
                         state = "removed"
                     else:
                         absent_since.pop(slot, None)
-                        silent = now - max(link.last_frame, link.started_at)
+                        # A slow or muted card is busy answering, not silent.
+                        silent = 0.0 if link.busy else now - max(link.last_frame, link.started_at)
                         state = "connected, but vpcd does not talk to it" if link.connected.is_set() else "not connected"
                     if present.get(name) and silent >= self.foreign_after:
                         self._fail(f"reader {name!r} shows a card that is not ours (our link: {state}, silent "
@@ -244,6 +245,7 @@ def serve(
     say: Callable[[str], object] = _say,
     lost_after: float = 5.0,
     foreign_after: float = 1.5,
+    on_serving: Callable[[VirtualReaderSet], Callable[[], object] | None] | None = None,
 ) -> None:
     """Expose ``cards`` (slot → card) through vpcd until ``stop_event``, SIGINT or SIGTERM.
 
@@ -257,7 +259,9 @@ def serve(
     for a slot without a vpcd reader (Debian's vpcd has slots 0 and 1) or a card given twice,
     PcscError when no pcscd answers (``start_pcscd=False`` and none running).
     ``control(readers, stop)``, when given, runs in a daemon thread once the cards are ready:
-    it may remove and insert cards on demand and set ``stop``.
+    it may remove and insert cards on demand and set ``stop``. ``on_serving(readers)``, when
+    given, is called once the cards are ready, before ``on_ready`` (e.g. to open control
+    channels); what it returns, if callable, is called before the cards are removed at the end.
     """
     stop = stop_event if stop_event is not None else threading.Event()
     harness = PcscdHarness(log_path=pcscd_log)
@@ -287,12 +291,17 @@ def serve(
             log.info("serving %s", ", ".join(names.values()))
             guard = _SlotGuard(readers, names, stop, lost_after=lost_after, foreign_after=foreign_after, pcsc=pcsc)
             guard.start()
-            if on_ready is not None:
-                on_ready([names[slot] for slot in slots])
-            if control is not None:
-                threading.Thread(target=control, args=(readers, stop), name="serve-control", daemon=True).start()
-            stop.wait()
-            guard.join(2.0)
+            cleanup = on_serving(readers) if on_serving is not None else None
+            try:
+                if on_ready is not None:
+                    on_ready([names[slot] for slot in slots])
+                if control is not None:
+                    threading.Thread(target=control, args=(readers, stop), name="serve-control", daemon=True).start()
+                stop.wait()
+                guard.join(2.0)
+            finally:
+                if callable(cleanup):
+                    cleanup()
     finally:
         restore()
         if trace is not None:

@@ -22,7 +22,10 @@ Choices made here:
   that network namespace: the private one of a pcscd that only the bridge can reach.
 * ``last_frame`` (monotonic time of the last frame from vpcd) tells a watcher whether vpcd
   still talks to this link: a link that is connected but never spoken to waits in vpcd's
-  accept queue while another process holds the slot.
+  accept queue while another process holds the slot. ``busy`` is True while a frame is being
+  answered (a slow or muted card is busy, not silent).
+* A card that raises :class:`NoAnswer` gets no answer sent: the link drops the connection, as
+  a reader does with a card that went mute or left (fault injection, ``reader_bridge.steering``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ __all__ = [
     "SW_CARD_ERROR",
     "VPCD_PORT",
     "FrameError",
+    "NoAnswer",
     "VirtualReaderSet",
     "VpcdLink",
 ]
@@ -67,6 +71,10 @@ _RECV_SIZE = MAX_FRAME + 2
 
 class FrameError(Exception):
     """vpcd sent something that is not a valid frame."""
+
+
+class NoAnswer(Exception):
+    """Raised by a card's ``transmit``: send nothing and drop the connection (the card went mute or left)."""
 
 
 class _FrameReader:
@@ -140,6 +148,7 @@ class VpcdLink:
         self._last_atr = b""
         self.started_at = time.monotonic()
         self.last_frame = 0.0
+        self.busy = False
 
     def __repr__(self) -> str:
         return f"VpcdLink(slot={self.slot}, {self.host}:{self.port}, connected={self.connected.is_set()})"
@@ -245,10 +254,17 @@ class VpcdLink:
             while True:
                 frame = reader.read_frame()
                 self.last_frame = clock()
-                answer = handle(frame)
+                self.busy = True
+                try:
+                    answer = handle(frame)
+                finally:
+                    self.busy = False
+                    self.last_frame = clock()
                 served = True
                 if answer is not None:
                     sock.sendall(len(answer).to_bytes(2, "big") + answer)
+        except NoAnswer as exc:
+            log.info("slot %d: the card gives no answer (%s); dropping the connection", self.slot, exc)
         except FrameError as exc:
             log.warning("slot %d: malformed frame from vpcd (%s); reconnecting", self.slot, exc)
         except (EOFError, OSError) as exc:
@@ -279,6 +295,8 @@ class VpcdLink:
     def _apdu(self, apdu: bytes) -> bytes:
         try:
             rsp = bytes(self.card.transmit(apdu))
+        except NoAnswer:
+            raise
         except Exception:
             log.exception("slot %d: card raised on a command APDU; answering 6F00", self.slot)
             return SW_CARD_ERROR

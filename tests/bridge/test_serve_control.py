@@ -1,4 +1,4 @@
-"""`mynaemu serve` with two cards, removing and inserting one on demand from stdin (pcscd sees it)."""
+"""`mynaemu serve --interactive` with two cards: remove/insert on demand and ctl commands from stdin (pcscd sees it)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,17 @@ def test_serve_two_cards_and_remove_one_on_demand(pcscd, issued_template, card_d
         assert wait_for_card(names[0], present=True, timeout=10)
         command("status", r"^slot 0: inserted; auth 2/3, sign 5/5")
         command("insert 7", r"^no card for slot 7")
+        # any ctl command, through the same controls API as `mynaemu ctl`
+        command("block auth", r"^slot 0: auth: 0/3 tries$")
+        conn = scard_connect(names[0])
+        assert conn.transmit(SELECT_JPKI) == OK
+        assert conn.transmit(SELECT_AUTH_PIN) == OK
+        assert conn.transmit(verify_apdu("1234")) == b"\x69\x84"
+        conn.close()
+        command("1 set-tries sign 2", r"^slot 1: sign: 2/5 tries$")
+        command("set-tries auth 9", r"^slot 0: error: tries for 'auth' must be an integer from 0 to 3")
+        command("unblock auth", r"^slot 0: auth: 3/3 tries$")
+        command("fault explode", r"^argument KIND: invalid choice: .explode.")
         proc.stdin.write("quit\n")
         proc.stdin.flush()
         assert proc.wait(20) == 0
@@ -66,5 +77,5 @@ def test_serve_two_cards_and_remove_one_on_demand(pcscd, issued_template, card_d
             proc.wait(10)
     for name in names:
         wait_for_card(name, present=False, timeout=10)
-    assert Card.load(card_dir, read_only=True).tries_left("auth") == 2
-    assert Card.load(second, read_only=True).tries_left("auth") == 3
+    assert Card.load(card_dir, read_only=True).tries_left("auth") == 3
+    assert Card.load(second, read_only=True).tries_left("sign") == 2
