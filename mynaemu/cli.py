@@ -25,6 +25,8 @@ from datetime import date
 from pathlib import Path
 
 from . import admin, sw
+from .authority import cli as authority_cli
+from .authority.cli import certificate_report
 from .card import Card
 from .issuance import IssuanceError, issue_card, persona_from_json
 from .keys import StorageFailure
@@ -241,11 +243,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     persona = {k: ("****" if k == "security_code" else v) for k, v in card.dir.meta["persona"].items()}
     apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}
     keys = card.key_status()
+    cert_lines, certs = certificate_report(card, args.at)  # validity and status at --at (card time)
     kind = card.dir.meta.get("kind")
     secrets = _published_secrets(card, args.card_dir) if args.secrets else None
     if args.json:
         doc = {"card_id": card.dir.card_id, "kind": kind, "variant": card.profile.variant, "persona": persona,
-               "applications": apps, "keys": keys, "clock_offset_seconds": int(card.clock_offset.total_seconds())}
+               "applications": apps, "keys": keys, "clock_offset_seconds": int(card.clock_offset.total_seconds()),
+               "certificates": certs}
         if secrets is not None:
             doc["secrets"] = secrets
         json.dump(doc, sys.stdout, ensure_ascii=False, indent=1)
@@ -260,6 +264,9 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{card.now().replace(microsecond=0).isoformat()}")
     if card.dir.meta.get("suspended"):
         print(f"  SUSPENDED since {card.dir.meta['suspended']}: its JPKI certificates are revoked")
+    print("Certificates:")
+    for line in cert_lines:
+        print(f"  {line}")
     print("Applications:")
     for name, a in apps.items():
         print(f"  {name:<7} {a['aid']:<22} {a['title']}")
@@ -384,6 +391,8 @@ def _new_value(args: argparse.Namespace) -> str:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
+    if args.action in authority_cli.LIFECYCLE_ACTIONS:  # the authority's records: works beside `serve`
+        return authority_cli.cmd_lifecycle(args)
     if args.action == "reset-pin":
         new = _new_value(args)
     elif args.action == "kiosk-reset":
@@ -1039,6 +1048,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--secrets", action="store_true", help="also show the secrets (demo and test cards only)")
+    authority_cli.add_at_option(p, "show certificate validity and status")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("send", help="send APDUs (hex) to a card (in one session), a served card or a PC/SC reader",
@@ -1065,7 +1075,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ctl_commands(p)
     p.set_defaults(func=cmd_ctl)
 
-    p = sub.add_parser("admin", help="operator commands: unblock, reset a PIN, kiosk reset")
+    p = sub.add_parser("admin", help="operator commands: unblock, reset a PIN, kiosk reset, hold/lift/revoke/reissue")
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
     asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = asub.add_parser("unblock", help="restore a key's full retry counter (municipal office)")
@@ -1084,6 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"users: prefer --other-file, {SECRET_ENV['other']} or the prompt)")
     a.add_argument("--other-file", metavar="FILE", help="read the other secret from FILE's first line (- = stdin)")
     asub.add_parser("suspend", help="revoke the card's JPKI certificates (lost card); the card still answers")
+    authority_cli.add_admin_actions(asub)
     p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("replay", help="replay conformance transcripts against a card or a PC/SC reader")
@@ -1115,6 +1126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contactless", action="store_true", help="answer the contactless (Type B) ATR")
     p.add_argument("--no-start-pcscd", action="store_true", help="never start pcscd; use a running one")
     p.set_defaults(func=cmd_serve)
+    authority_cli.add_commands(sub)  # authority serve|config, verify
     return parser
 
 

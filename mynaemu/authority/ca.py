@@ -502,7 +502,7 @@ class Authority:
     # -- X.509 end-entity certificates
     def auth_certificate(self, persona: Persona, public_key: rsa.RSAPublicKey, serial: int | None = None) -> x509.Certificate:
         """利用者証明用電子証明書: no personal data at all; keyUsage digitalSignature."""
-        return self._end_entity(
+        cert = self._end_entity(
             self.auth_ca_key,
             self.auth_ca_certificate,
             persona,
@@ -510,6 +510,7 @@ class Authority:
             serial,
             _key_usage(non_repudiation=False),
         ).sign(self.auth_ca_key, hashes.SHA256())
+        return self._issued("auth", cert)
 
     def sign_certificate(self, persona: Persona, public_key: rsa.RSAPublicKey, serial: int | None = None) -> x509.Certificate:
         """署名用電子証明書: the four basic attributes in subjectAltName otherNames (spec §4.3)."""
@@ -533,7 +534,8 @@ class Authority:
             serial,
             _key_usage(non_repudiation=True),
         )
-        return builder.add_extension(san, critical=False).sign(self.sign_ca_key, hashes.SHA256())
+        cert = builder.add_extension(san, critical=False).sign(self.sign_ca_key, hashes.SHA256())
+        return self._issued("sign", cert)
 
     def _end_entity(
         self,
@@ -551,7 +553,7 @@ class Authority:
                 x509.NameAttribute(NameOID.COMMON_NAME, os.urandom(10).hex().upper()),
             ]
         )
-        return (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(ca_cert.subject)
@@ -563,6 +565,18 @@ class Authority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         )
+        # Where relying parties ask about this certificate: CRL and OCSP of the authority's service.
+        for extension in _status_extensions(self.directory, "auth" if ca_cert is self.auth_ca_certificate else "sign"):
+            builder = builder.add_extension(extension, critical=False)
+        return builder
+
+    def _issued(self, which: str, cert: x509.Certificate) -> x509.Certificate:
+        """Record `cert` in the authority's issuance registry (OCSP answers "unknown" for others)."""
+        if self.directory is not None:
+            from .database import database
+
+            database(self.directory).record_issued(which, cert)
+        return cert
 
     # -- CV certificates
     def text_cv_certificate(self, subject_key_id: bytes, public_key: rsa.RSAPublicKey) -> bytes:
@@ -612,6 +626,26 @@ def _remember(root: Path, authority: Authority) -> None:
     if identity is not None:
         with _loaded_guard:
             _loaded[str(root.absolute())] = (identity, authority)
+
+
+def _status_extensions(directory: Path | None, which: str) -> list[x509.ExtensionType]:
+    """CRL Distribution Points and Authority Information Access (OCSP, CA certificate) of CA `which`."""
+    from .config import load_config
+
+    config = load_config(directory)
+    return [
+        x509.CRLDistributionPoints(
+            [x509.DistributionPoint([x509.UniformResourceIdentifier(config.crl_url(which))], None, None, None)]
+        ),
+        x509.AuthorityInformationAccess(
+            [
+                x509.AccessDescription(x509.AuthorityInformationAccessOID.OCSP,
+                                       x509.UniformResourceIdentifier(config.ocsp_url(which))),
+                x509.AccessDescription(x509.AuthorityInformationAccessOID.CA_ISSUERS,
+                                       x509.UniformResourceIdentifier(config.ca_url(which))),
+            ]
+        ),
+    ]
 
 
 # -- file helpers ------------------------------------------------------------------------------
