@@ -185,6 +185,7 @@ def cmd_authority(args: argparse.Namespace) -> int:
         print(f"  note: certificates point at {config.base_url} (mynaemu authority config --base-url {url})",
               flush=True)
     serve(create_app(authority, config=config), sock)
+    print("Stopped.")
     return 0
 
 

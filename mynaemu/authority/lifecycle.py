@@ -228,6 +228,12 @@ def reissue(card: Card | Path | str, new_dir: Path | str | None = None, *, new_m
 
     authority, card = resolve_authority(authority), _card_of(card)
     targets = _targets(card, authority, CAS)
+    snapshot = database(authority.directory).snapshot()
+    for ca, serial in targets:
+        entry = snapshot.revocation(ca, serial)
+        if entry is not None and entry.state == "revoked":
+            raise LifecycleError(f"{card.dir.path}: its {ca} certificate is already revoked ({entry.reason}); "
+                                 "reissue from the card that replaced it")
     when = utc_seconds(at or datetime.now(UTC))
     old = persona_from_json(card.dir.meta["persona"])
     issued_on = when.astimezone(timezone_jst()).date()

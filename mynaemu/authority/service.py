@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,4 +140,15 @@ def serve(app: Starlette, sock: socket.socket) -> None:
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    if threading.current_thread() is not threading.main_thread():
+        server.run(sockets=[sock])
+        return
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handlers it found:
+    # let those be no-ops, so a stop is a clean return (exit 0), not a death by signal.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
