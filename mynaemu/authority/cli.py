@@ -158,7 +158,10 @@ def cmd_authority(args: argparse.Namespace) -> int:
         for which in ("auth", "sign"):
             print(f"{which:<5} CRL {config.crl_url(which)}  OCSP {config.ocsp_url(which)}")
         return 0
-    from .service import create_app, loopback_socket, serve
+    try:
+        from .service import create_app, loopback_socket, serve
+    except ImportError:
+        raise runtime_failure("authority serve needs Starlette and uvicorn: pip install 'mynaemu[authority]'") from None
 
     if not (where / "authority.json").exists():
         raise runtime_failure(f"{where}: no emulated authority here; issue a card first (or set MYNAEMU_DATA_DIR)")
