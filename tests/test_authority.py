@@ -293,3 +293,34 @@ def test_verify_cli_exit_codes(card_dir: Path, private_authority: Path, tmp_path
     assert main([*base, "--at", "yesterday"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 3 and all(e.startswith("mynaemu verify: error: ") for e in errors)
+
+
+def test_a_failing_disk_changes_nothing(card_dir: Path, authority: Authority, monkeypatch, capsys) -> None:
+    import errno
+    import os
+
+    real = os.write
+
+    def write(fd: int, data) -> int:
+        if fd > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    assert main(["admin", str(card_dir), "hold"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be written (No space left on device); nothing was changed" in err
+    monkeypatch.setattr(os, "write", real)
+    assert not (authority.directory / "revocations.json").exists()
+    assert not [p for p in authority.directory.iterdir() if p.name.endswith(".tmp")]
+    assert database(authority.directory).snapshot().revocations == {}
+
+
+def test_the_chip_imports_nothing_of_the_authority_service() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, mynaemu.card, mynaemu.aps, mynaemu.issuance; "
+            "print(sorted(m for m in sys.modules if m.startswith(('starlette', 'uvicorn', 'mynaemu.authority.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['mynaemu.authority.ca']"

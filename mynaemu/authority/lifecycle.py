@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -171,8 +172,18 @@ def change_status(authority: Authority | Path | str | None, targets: Iterable[tu
                 changes.append(Change(ca, serial, "revoke", "revoked", reason))
             doc["log"].append({"time": when.isoformat(), "action": action, "ca": ca, "serial": str(serial),
                                "reason": reason if action == "revoke" else None, "card_id": card_id})
-    write_crl_files(authority, db.snapshot(), at=when)
+    _refresh_crl_files(authority, when)
     return changes
+
+
+def _refresh_crl_files(authority: Authority, when: datetime) -> None:
+    """Rewrite the CRL files; they are a copy for offline use (the service builds its own from the
+    database), so a failure after the change was recorded is logged, not reported as no change."""
+    try:
+        write_crl_files(authority, database(authority.directory).snapshot(), at=when)
+    except OSError as exc:
+        logging.getLogger("mynaemu.authority").warning("the CRL files in %s could not be rewritten (%s); "
+                                                        "the change is recorded and served", authority.directory, exc)
 
 
 # -- hooks by card ---------------------------------------------------------------------------------
