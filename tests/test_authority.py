@@ -324,3 +324,25 @@ def test_the_chip_imports_nothing_of_the_authority_service() -> None:
             "print(sorted(m for m in sys.modules if m.startswith(('starlette', 'uvicorn', 'mynaemu.authority.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['mynaemu.authority.ca']"
+
+
+def test_scenario_controls_use_the_authority_at_the_card_clock(card_dir: Path, authority: Authority, capsys) -> None:
+    from mynaemu.controls import CardControls
+
+    assert main(["ctl", str(card_dir), "clock-offset", "+1d"]) == 0
+    assert main(["ctl", str(card_dir), "hold"]) == 0
+    card = Card.load(card_dir)
+    try:
+        entry = database(authority.directory).snapshot().revocation("sign", card_certificate(card_dir, "sign").serial_number)
+        assert entry.state == "hold" and entry.time > datetime.now(UTC) + timedelta(hours=23)  # the card's time
+        answer = CardControls(card).handle({"op": "lift"})
+        assert answer["ok"] and answer["lift"]["status"] == "good"
+        assert set(answer["lift"]["serials"]) == {"auth", "sign"}
+        refused = CardControls(card).handle({"op": "lift"})
+        assert refused["ok"] is False and refused["kind"] == "refused" and "nothing to lift" in refused["error"]
+        revoked = CardControls(card).handle({"op": "revoke"})
+        assert revoked["ok"] and revoked["revoke"]["reason"] == "keyCompromise" and revoked["revoke"]["suspended"]
+    finally:
+        card.close()
+    auth_serial = card_certificate(card_dir, "auth").serial_number
+    assert database(authority.directory).snapshot().revocation("auth", auth_serial).state == "revoked"
