@@ -346,3 +346,17 @@ def test_scenario_controls_use_the_authority_at_the_card_clock(card_dir: Path, a
         card.close()
     auth_serial = card_certificate(card_dir, "auth").serial_number
     assert database(authority.directory).snapshot().revocation("auth", auth_serial).state == "revoked"
+
+
+def test_info_judges_expiry_at_the_card_clock(card_dir: Path, private_authority: Path, capsys) -> None:
+    from mynaemu.controls import CardControls
+
+    card = Card.load(card_dir)
+    try:
+        CardControls(card).expire_certificates()
+    finally:
+        card.close()
+    capsys.readouterr()
+    assert main(["info", str(card_dir), "--json"]) == 0
+    certs = json.loads(capsys.readouterr().out)["certificates"]
+    assert certs["auth"]["status"] == certs["sign"]["status"] == "expired"

@@ -94,10 +94,13 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 
 # -- info ----------------------------------------------------------------------------------------
 def certificate_report(card, at: str | None) -> tuple[list[str], dict]:
-    """``info``'s certificate lines and JSON: validity and status at ``--at`` (default now)."""
+    """``info``'s certificate lines and JSON: validity and status at ``--at`` (default: the card's clock)."""
     from .lifecycle import certificate_status
 
-    statuses = certificate_status(card, at=parse_at(at))
+    when = parse_at(at)
+    if when is None and hasattr(card, "now"):
+        when = card.now()  # follows the card's clock offset (`mynaemu ctl CARD clock-offset`)
+    statuses = certificate_status(card, at=when)
     return [s.line() for s in statuses], {s.which: s.to_json() for s in statuses}
 
 
