@@ -23,7 +23,6 @@ import random
 import sys
 from datetime import date
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from . import sw

@@ -19,6 +19,7 @@ pcscd reads the entries at start-up only: restart it after a change.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from dataclasses import dataclass
@@ -141,10 +142,8 @@ def remove(conf_dir: Path = DEFAULT_CONF_DIR, lib_dir: Path = DEFAULT_LIB_DIR) -
         for lib in sorted(lib_dir.glob("libifdvpcd-*.so")):
             lib.unlink()
             removed.append(lib)
-        try:
+        with contextlib.suppress(OSError):
             lib_dir.rmdir()  # only when nothing else lives there
-        except OSError:
-            pass
     return removed
 
 

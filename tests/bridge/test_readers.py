@@ -121,13 +121,13 @@ CLIENT = textwrap.dedent("""
     from reader_bridge.pcscd import pcsc_context, find_vpcd_readers
     out = {}
     with pcsc_context() as ctx:
-        for name in sys.argv[1:]:
+        for name in sys.argv[2:]:
             hr, h, proto = scard.SCardConnect(ctx, name, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T1)
-            hr, rsp = scard.SCardTransmit(h, proto, list(bytes.fromhex("00A4040C0A" + "%s")))
+            hr, rsp = scard.SCardTransmit(h, proto, list(bytes.fromhex(sys.argv[1])))
             out[name] = bytes(rsp).hex().upper()
             scard.SCardDisconnect(h, scard.SCARD_LEAVE_CARD)
     print(json.dumps({"listed": find_vpcd_readers(), "answers": out}))
-""" % AID_JPKI)
+""")
 
 
 @pytest.mark.pcsc
@@ -162,7 +162,8 @@ def test_serve_slots_2_to_15_through_a_private_pcscd(scratch: tuple[Path, Path],
             assert line.startswith("Serving card"), line + (serve.stderr.read() if serve.poll() is not None else "")
             names.append(line.split("reader '")[1].split("'")[0])
         assert names == [reader_name(s) for s in range(2, 16)]
-        client = subprocess.run([sys.executable, "-c", CLIENT, *names], capture_output=True, text=True, cwd=ROOT,
+        select = "00A4040C0A" + AID_JPKI
+        client = subprocess.run([sys.executable, "-c", CLIENT, select, *names], capture_output=True, text=True, cwd=ROOT,
                                 env=env, timeout=60)  # fmt: skip
         assert client.returncode == 0, client.stderr
         doc = json.loads(client.stdout)
