@@ -142,17 +142,39 @@ def interleave(
     so they pay the same call overhead.
     """
     per_round, used_batch, overhead = interleave_many({"op": op, "floor": floor}, rounds=rounds, batch=batch)
-    return result_of(name, per_round["op"], per_round["floor"], floor_name=floor_name, batch=used_batch,
-                     overhead_ns=overhead, **extra)
+    return result_of(
+        name, per_round["op"], per_round["floor"], floor_name=floor_name, batch=used_batch, overhead_ns=overhead, **extra
+    )
 
 
-def result_of(name: str, op: list[float], floor: list[float], *, floor_name: str = "", batch: int = 1,
-              overhead_ns: float | None = None, **extra: Any) -> Result:
+def result_of(
+    name: str,
+    op: list[float],
+    floor: list[float],
+    *,
+    floor_name: str = "",
+    batch: int = 1,
+    overhead_ns: float | None = None,
+    **extra: Any,
+) -> Result:
     """A :class:`Result` from per-round ns of each side (same rounds); recorded when timed."""
     ratios = [f / o if o else 0.0 for o, f in zip(op, floor, strict=True)]
     q1, med, q3 = _quartiles(ratios)
-    result = Result(name, statistics.median(op), statistics.median(floor), med, q1, q3, min(ratios), max(ratios),
-                    len(ratios), batch, overhead_ns, floor_name, dict(extra))
+    result = Result(
+        name,
+        statistics.median(op),
+        statistics.median(floor),
+        med,
+        q1,
+        q3,
+        min(ratios),
+        max(ratios),
+        len(ratios),
+        batch,
+        overhead_ns,
+        floor_name,
+        dict(extra),
+    )
     if timed():
         record(result)
     return result

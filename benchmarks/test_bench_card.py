@@ -195,8 +195,12 @@ def test_refused_select_aid_vs_successful(bench_card) -> None:
     """
     assert bench_card.transmit(SELECT_PIV) == b"\x6a\x82"
     assert bench_card.transmit(SELECT_JPKI) == OK
-    interleave("refused SELECT by AID", bind(bench_card.transmit, SELECT_PIV), bind(bench_card.transmit, SELECT_JPKI),
-               floor_name="successful SELECT by AID")
+    interleave(
+        "refused SELECT by AID",
+        bind(bench_card.transmit, SELECT_PIV),
+        bind(bench_card.transmit, SELECT_JPKI),
+        floor_name="successful SELECT by AID",
+    )
     assert bench_card.transmit(SELECT_PIV) == b"\x6a\x82"
 
 
@@ -330,8 +334,12 @@ def test_sign_vs_cryptography(jpki, auth_key) -> None:
     assert jpki.transmit(VERIFY_AUTH_RIGHT) == OK
     expected = auth_key.sign(DIGEST_INFO, PKCS1v15(), NoDigestInfo()) + OK
     assert jpki.transmit(SIGN_AUTH) == expected  # parses the key before timing
-    interleave("SIGN auth RSA-2048", bind(jpki.transmit, SIGN_AUTH),
-               bind(auth_key.sign, DIGEST_INFO, PKCS1v15(), NoDigestInfo()), floor_name="cryptography sign")
+    interleave(
+        "SIGN auth RSA-2048",
+        bind(jpki.transmit, SIGN_AUTH),
+        bind(auth_key.sign, DIGEST_INFO, PKCS1v15(), NoDigestInfo()),
+        floor_name="cryptography sign",
+    )
     assert jpki.transmit(SIGN_AUTH) == expected
 
 
@@ -368,8 +376,13 @@ def bench_flow(name: str, card, apdus: list[bytes]) -> None:
     responses = run_flow(card, apdus)
     replay = ReplayCard(apdus, responses)
     assert run_flow(replay, apdus) == responses
-    interleave(f"flow: {name}", bind(run_flow, card, apdus), bind(run_flow, replay, apdus),
-               floor_name="replay from a dict", apdus=len(apdus))
+    interleave(
+        f"flow: {name}",
+        bind(run_flow, card, apdus),
+        bind(run_flow, replay, apdus),
+        floor_name="replay from a dict",
+        apdus=len(apdus),
+    )
     assert run_flow(card, apdus) == responses
 
 

@@ -171,9 +171,16 @@ def test_our_card_against_independent_echo(our_reader: str, echo_reader: str, ou
             ours.close()
             echo.close()
     for label, key in (("PC/SC SELECT EF 000A", "select"), ("PC/SC READ BINARY 256", "read")):
-        result = result_of(label, per_round[f"our_{key}"], per_round[f"echo_{key}"], floor_name="independent raw echo",
-                           per_s=round(1e9 / max(1.0, sorted(per_round[f"our_{key}"])[len(per_round[f"our_{key}"]) // 2])))
+        result = result_of(
+            label,
+            per_round[f"our_{key}"],
+            per_round[f"echo_{key}"],
+            floor_name="independent raw echo",
+            per_s=round(1e9 / max(1.0, sorted(per_round[f"our_{key}"])[len(per_round[f"our_{key}"]) // 2])),
+        )
         if timed():
-            print(f"\n{label}: ours {result.op_ns / 1000:.1f} us, echo {result.floor_ns / 1000:.1f} us, "
-                  f"ratio {result.ratio:.3f} [IQR {result.q1:.3f}-{result.q3:.3f}]")
+            print(
+                f"\n{label}: ours {result.op_ns / 1000:.1f} us, echo {result.floor_ns / 1000:.1f} us, "
+                f"ratio {result.ratio:.3f} [IQR {result.q1:.3f}-{result.q3:.3f}]"
+            )
     assert our_card.current_ap == "jpki"

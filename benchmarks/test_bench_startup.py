@@ -93,8 +93,16 @@ def test_startup_against_bare_python(pcscd_harness, bench_card_dir: Path, tmp_pa
     for label, values, target in (("start-up: mynaemu --help", help_, HELP_TARGET_MS),
                                   ("start-up: serve to link connected", link, SERVE_TARGET_MS),
                                   ("start-up: serve to card present", present, SERVE_TARGET_MS)):  # fmt: skip
-        result = result_of(label, [v * 1e6 for v in values], [v * 1e6 for v in bare], floor_name="python -c pass",
-                           target_ratio=round(REF_BARE_MS / target, 4), target_ms=target)
+        result = result_of(
+            label,
+            [v * 1e6 for v in values],
+            [v * 1e6 for v in bare],
+            floor_name="python -c pass",
+            target_ratio=round(REF_BARE_MS / target, 4),
+            target_ms=target,
+        )
         if timed():
-            print(f"\n{label}: {result.op_ns / 1e6:.0f} ms median (bare python {result.floor_ns / 1e6:.0f} ms), "
-                  f"ratio {result.ratio:.3f}, target ratio {REF_BARE_MS / target:.3f} (= {target:.0f} ms)")
+            print(
+                f"\n{label}: {result.op_ns / 1e6:.0f} ms median (bare python {result.floor_ns / 1e6:.0f} ms), "
+                f"ratio {result.ratio:.3f}, target ratio {REF_BARE_MS / target:.3f} (= {target:.0f} ms)"
+            )
