@@ -648,7 +648,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from reader_bridge.serve import ServeError, reader_name, refuse_same_card_twice, serve
 
     if not 0 <= args.slot < 16:
-        raise UsageError(f"--slot {args.slot}: a vpcd slot is 0 to 15 (Debian's vpcd has slots 0 and 1; "
+        raise UsageError(f"--slot {args.slot}: a vpcd slot is 0 or more, at most 15 (Debian's vpcd has slots 0 and 1; "
                          "`mynaemu readers setup N` adds more)")
     if args.slot + max(1, len(args.card_dir)) > 16:
         raise UsageError(f"{len(args.card_dir)} cards from --slot {args.slot} on: pcscd has vpcd slots 0 to 15 at most")
