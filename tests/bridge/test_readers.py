@@ -157,10 +157,11 @@ def test_serve_slots_2_to_15_through_a_private_pcscd(scratch: tuple[Path, Path],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)  # fmt: skip
         assert serve.stdout is not None
         names = []
-        for _ in range(14):
+        while len(names) < 14:  # one "Serving card" line per card; "steer it: ..." lines between
             line = serve.stdout.readline()
-            assert line.startswith("Serving card"), line + (serve.stderr.read() if serve.poll() is not None else "")
-            names.append(line.split("reader '")[1].split("'")[0])
+            assert line, serve.stderr.read() if serve.poll() is not None else "serve's output ended"
+            if line.startswith("Serving card"):
+                names.append(line.split("reader '")[1].split("'")[0])
         assert names == [reader_name(s) for s in range(2, 16)]
         select = "00A4040C0A" + AID_JPKI
         client = subprocess.run([sys.executable, "-c", CLIENT, select, *names], capture_output=True, text=True, cwd=ROOT,
