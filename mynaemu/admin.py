@@ -1,4 +1,4 @@
-"""Operator commands that real cards do at the municipal office or a kiosk (spec Part A.11).
+"""Operator commands that real cards do at the municipal office or a kiosk (docs/card-interface.md, D11).
 
 They have no published APDUs, so they act on the card's state directly, never through
 ``transmit``; each holds the card (``Card.operating``) so no APDU runs meanwhile. They need the

@@ -1,7 +1,7 @@
 """ISO 7816-4 command APDU codec: cases 1-4, short and extended length.
 
 Parsing is on the card's hot path, so it is plain slicing rather than a declarative parser; the
-rules are those of ISO 7816-4 §5.1 with the card's choices (spec Part A.9):
+rules are those of ISO 7816-4 §5.1 with the card's choices (docs/card-interface.md, D9):
 short Le ``00`` means 256, extended Le ``0000`` means 65536; a body whose length fits no case is
 ``6700``.
 """

@@ -6,7 +6,7 @@
 
 The dispatcher parses the APDU, checks the class byte, and calls the current application's
 handler for (CLA, INS) from a table built once at load. SELECT by AID is the card's own: it
-switches application and clears the security status (spec Part A.6). Any unexpected error
+switches application and clears the security status (docs/card-interface.md, D6). Any unexpected error
 answers 6F00 and the card goes on answering.
 """
 
@@ -392,7 +392,7 @@ def _class_error(cla: int, ins: int) -> bytes:
 
     Secure messaging exists on the real card only in the text AP after SET SESSION KEY, which the
     emulator does not offer; so SM commands answer as the real card does with no session
-    (spec Part B §7): CLA 0C 6987; CLA 08 SELECT 6882, anything else 69FC.
+    (docs/card-interface.md §7): CLA 0C 6987; CLA 08 SELECT 6882, anything else 69FC.
     """
     if cla == 0xFF:
         return sw.CLA_NOT_SUPPORTED

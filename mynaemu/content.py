@@ -2,7 +2,7 @@
 
 `build_contents` returns each content id named in apdu_specs/profile.toml: bytes for binary EFs
 and GET DATA objects (the logical content; the card pads to the EF size with the profile's
-filler), a list of records for record EFs. Layouts follow spec §2, §4 and §5.3.
+filler), a list of records for record EFs. Layouts follow docs/card-interface.md §2, §4 and §5.3.
 
 Trust model: the text and visual AP CV certificates (EF 0004) certify the APs' own keys (text
 EF 0013, visual EF 001A), and those keys sign the AP's data records, so a client verifies EF 0004
@@ -159,7 +159,7 @@ def offset_table_record(outer_tag: int, table_tag: int, items: list[bytes], *, l
 
 
 def token_info(persona: Persona) -> bytes:
-    """JPKI EF 0006: PKCS#11 CK_TOKEN_INFO, 160 bytes (spec §4.2)."""
+    """JPKI EF 0006: PKCS#11 CK_TOKEN_INFO, 160 bytes (docs/card-interface.md §4.2)."""
     return CK_TOKEN_INFO.build(
         {
             # Clients match the label exactly, space-padded (MCARD) or trimmed (myna, pymyna).

@@ -1,7 +1,7 @@
 """Card-face images of the visual AP: 1-bit PNGs of the printed fields, a JPEG 2000 face.
 
 Real cards hold the name, address, security code and My Number as 1-bit PNGs and the photo as a
-greyscale JPEG 2000 in a JP2 container (spec §4.7). The images here are real, decodable files,
+greyscale JPEG 2000 in a JP2 container (docs/card-interface.md §4.7). The images here are real, decodable files,
 but the emulator carries no Japanese font (Pillow's built-in font has Latin only, and a system
 font would make the bytes depend on the machine). So:
 

@@ -28,7 +28,7 @@ from .profile import Profile
 from .state import StateStore
 
 # The holder's secrets, by key name. The common AP's PIN is issued with the 住基 PIN's value
-# (spec Part A.1): the card's user interfaces present them as one PIN.
+# (docs/card-interface.md, D1): the card's user interfaces present them as one PIN.
 SECRET_KEYS = ("auth", "sign", "text", "juki")
 SECRET_ALIASES = {"common": "juki"}
 

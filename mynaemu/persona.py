@@ -1,6 +1,6 @@
 """The card holder: a fictitious person and the rules that derive card values from them.
 
-Rules implemented here (spec Part A.7, A.8; municipal pages for the expiry rule):
+Rules implemented here (docs/card-interface.md, D7, D8; municipal pages for the expiry rule):
 * My Number check digit (ordinance weights 2..7 from the right).
 * Japanese-era YYMMDD, 照合番号B (check number B).
 * Card and certificate expiry: the 10th (adults) or 5th (minors) birthday after issuance.
@@ -48,7 +48,7 @@ SIGN_CERT_MIN_AGE = 15
 
 # -- My Number -------------------------------------------------------------------------------
 def my_number_check_digit(first11: str) -> str:
-    """Check digit of a My Number from its first 11 digits (Part A.8).
+    """Check digit of a My Number from its first 11 digits (D8).
 
     Counting n = 1..11 from the rightmost of the 11 digits, weight = n + 1 for n <= 6, else
     n - 5 (so 2..7, then 2..6); check = 11 - (sum mod 11), or 0 when the remainder is 0 or 1.

@@ -1,4 +1,4 @@
-"""The signature schemes of COMPUTE DIGITAL SIGNATURE (80 2A), by P1 (spec Part B §5.1).
+"""The signature schemes of COMPUTE DIGITAL SIGNATURE (80 2A), by P1 (docs/card-interface.md §5.1).
 
 All through ``cryptography``; P1 00 and 01 sign the given bytes with PKCS#1 v1.5 type-1 padding
 and no DigestInfo added (``NoDigestInfo``).

@@ -1,7 +1,7 @@
 """Status words the card answers, as 2-byte constants, and their meanings.
 
 JICSAP (the Japanese IC-card spec the card follows) gives a few words meanings that differ from
-ISO 7816-4; the meanings below are the card's (spec Part B §9).
+ISO 7816-4; the meanings below are the card's (docs/card-interface.md §9).
 """
 
 from __future__ import annotations

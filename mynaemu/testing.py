@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # issuance pulls in Pillow and the PKI; the constants here do
     from .persona import Persona
 
 TEST_SECRETS = {"auth": "1234", "sign": "ABC123", "text": "5678", "juki": "2468"}
-TEST_MY_NUMBER = "123456789018"  # check digit 8 (spec Part A.8)
+TEST_MY_NUMBER = "123456789018"  # check digit 8 (docs/card-interface.md, D8)
 
 # AIDs of the default profile, by application name, as hex.
 AIDS = {name: ap.aid.hex().upper() for name, ap in Profile.load().aps.items()}

@@ -1,7 +1,7 @@
 """Binary formats of the card's files: BER-TLV, JICSAP simple-TLV and PKCS#11 CK_TOKEN_INFO.
 
 The 券面 APs write private-class tags in long form even when the number is below 31 (`FF 10`,
-`DF 21`: spec §4.1), which strict DER decoders reject, so the card needs its own small codec.
+`DF 21`: docs/card-interface.md §4.1), which strict DER decoders reject, so the card needs its own small codec.
 Tags are given as integers: `0x90` is one byte, `0xDF21` two, `0x7F21` two. Lengths are written
 the way the card writes them: short form below 0x80, then `81 xx`, then `82 xx xx`. That is also
 the DER rule, so the same encoder builds the few DER structures the content needs (DigestInfo,
@@ -295,7 +295,7 @@ class _SpacePadded(Adapter):
         return raw.ljust(self.size, b" ")
 
 
-# JPKI EF 0006 (spec §4.2): PKCS#11 CK_TOKEN_INFO with 32-bit big-endian ULONGs, 160 bytes.
+# JPKI EF 0006 (docs/card-interface.md §4.2): PKCS#11 CK_TOKEN_INFO with 32-bit big-endian ULONGs, 160 bytes.
 # The two versions are ASCII digit pairs ("03", "01") on real cards, not CK_VERSION binaries.
 CK_TOKEN_INFO = Struct(
     "label" / _SpacePadded(32),

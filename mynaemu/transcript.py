@@ -31,7 +31,7 @@ Placeholders ``{...}`` (no spaces inside):
 * Response matchers: ``{any:N}`` N arbitrary bytes, ``{any}`` any number of bytes (once per
   response); ``{sig:NAME}`` a signature by the key of the certificate in variable
   ``cert:NAME`` that must verify over the command's data, by the scheme P1 names (P1 ``00``:
-  PKCS#1 v1.5 over the data as given, i.e. ``NoDigestInfo``; spec §5.1).
+  PKCS#1 v1.5 over the data as given, i.e. ``NoDigestInfo``; docs/card-interface.md §5.1).
 
 Variable names (what ``card_variables`` provides; any mapping with these keys will do for a real
 card): ``auth_pin sign_pin text_pin juki_pin common_pin``, ``my_number``, ``check_a``,
@@ -46,9 +46,9 @@ on a card of another variant is refused before anything is sent.
 Macro ``@read STYLE EF EXPECTED [save=NAME]`` reads a TLV-headed EF the way a client does, with
 the chunk sizes computed from the header the card returns (as the client computes them):
 
-* ``opensc`` (spec §10.1): SEL(EF); RB(0,04); length = bytes 2..3 + 4; then the whole object
+* ``opensc`` (docs/card-interface.md §10.1): SEL(EF); RB(0,04); length = bytes 2..3 + 4; then the whole object
   from offset 0 in 256-byte chunks (Le ``00``), the last one with its exact Le.
-* ``myna`` (spec §10.2): SEL(EF); RB(0,07); length from the BER header; then RB(7, ...) in chunks
+* ``myna`` (docs/card-interface.md §10.2): SEL(EF); RB(0,07); length from the BER header; then RB(7, ...) in chunks
   of at most 256 until the length is reached.
 
 EXPECTED is a value template the bytes read must equal (chunk by chunk), or ``-`` to accept

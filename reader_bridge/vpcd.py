@@ -235,7 +235,7 @@ class VpcdLink:
             self.connected.clear()
         sock.close()
         # A card whose link ends has left the reader: it loses power, and with it the security
-        # status (spec Part A.6). Otherwise a client that reconnects quickly, before pcscd sees
+        # status (docs/card-interface.md, D6). Otherwise a client that reconnects quickly, before pcscd sees
         # the removal, would find PINs still verified. Durable state is untouched.
         try:
             self.card.power_off()

@@ -3,7 +3,7 @@
 Nothing here imports pytest: ``scripts/fuzz`` runs the same loops for long runs.
 
 - ``encode``: ``mynaemu.apdu.build_command`` with an ``ext`` flag (the parser is checked against it).
-- ``transcripts(values)``: the client command sequences of spec §10, with a card's right values.
+- ``transcripts(values)``: the client command sequences of docs/card-interface.md §10, with a card's right values.
 - ``mutate`` / ``random_apdu`` / ``apdu_stream``: mutated transcripts, random APDUs, the mix.
 - ``check_answer``: well-formedness (status word whitelist, data only with 9000, size bound).
 - ``CardFuzzer`` / ``LinkFuzzer``: the loops, counting into ``Stats``.
@@ -48,7 +48,7 @@ SHA256_DIGESTINFO = bytes.fromhex("3031300D060960864801650304020105000420") + by
 SHA1_DIGESTINFO = bytes.fromhex("3021300906052B0E03021A05000414") + bytes(range(20))
 
 OK = b"\x90\x00"
-# Every status word the card may answer (spec §9; Part A.9: never 61xx/6Cxx). 63Cx is added per
+# Every status word the card may answer (docs/card-interface.md §9; D9: never 61xx/6Cxx). 63Cx is added per
 # profile (x up to the largest retry limit). 6F00 is left out: the card uses it for internal errors.
 BASE_SWS = frozenset(
     bytes.fromhex(h)
@@ -100,7 +100,7 @@ def read_chunks(size: int, chunk: int = 256) -> list[bytes]:
 
 
 def transcripts(values: dict[str, str]) -> list[list[bytes]]:
-    """The client sequences of spec §10 with a card's right values (changes keep the value)."""
+    """The client sequences of docs/card-interface.md §10 with a card's right values (changes keep the value)."""
     v = values
     jpki_certs = []
     for ef in (0x000A, 0x0001, 0x000B, 0x0002):
@@ -371,7 +371,7 @@ def check_answer(apdu: bytes, resp: object, whitelist: frozenset[bytes]) -> str 
         return f"answer of {n} bytes is longer than {MAX_ANSWER}"
     sw = resp[-2:]
     if sw[0] in (0x61, 0x6C):
-        return f"forbidden {sw.hex().upper()} (Part A.9)"
+        return f"forbidden {sw.hex().upper()} (D9)"
     if sw == b"\x6f\x00" and apdu[:2] != b"\x80\xae":
         return "6F00: internal error"
     if sw not in whitelist and sw != b"\x6f\x00":
@@ -489,7 +489,7 @@ def count_logged_errors(stats: Stats) -> Iterator[None]:
 
 def check_counters(stats: Stats, keys: list[str], limits: dict[str, int], prev: list[int], now: list[int],
                    apdu: bytes | None, resp: object) -> None:
-    """Count counter moves Part A.3 forbids (called for every answer, changed counters or not).
+    """Count counter moves D3 forbids (called for every answer, changed counters or not).
 
     A counter rises only by a 9000 to a VERIFY/CHANGE, never from 0 (a blocked key never
     matches) and stays in 0..limit. A 63Cx to a VERIFY with data decrements exactly one counter
@@ -516,7 +516,7 @@ def key_homes(card) -> dict[str, str]:
 
 
 def check_session(stats: Stats, card, homes: dict[str, str], apdu: bytes | None, resp: object = None) -> None:
-    """Security status after an answer (Part A.3, A.6, and the profile's access rules).
+    """Security status after an answer (D3, D6, and the profile's access rules).
 
     A verified key is never blocked and always belongs to the current application; a READ
     answered with data read an EF that the current security status opens.
@@ -768,7 +768,7 @@ class LinkFuzzer:
         vpcd.accept()
         self.stats.connections += 1
         # The link powered the card off when the connection ended (before it reconnected):
-        # no security status survives a cut link (Part A.6).
+        # no security status survives a cut link (D6).
         if self.card.session.verified or self.card.current_ap is not None:
             self.stats.bad_answers += 1
             self.stats.fail(f"after a cut link: AP {self.card.current_ap}, verified {sorted(self.card.session.verified)}")

@@ -1,4 +1,4 @@
-"""Every EF's access rule: no credential, a wrong one, the right one, a blocked key (spec §2)."""
+"""Every EF's access rule: no credential, a wrong one, the right one, a blocked key (docs/card-interface.md §2)."""
 
 from __future__ import annotations
 

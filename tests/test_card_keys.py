@@ -1,4 +1,4 @@
-"""PINs and check numbers: VERIFY, retry counters, lockout, change, security status (§3, Part A)."""
+"""PINs and check numbers: VERIFY, retry counters, lockout, change, security status (docs/card-interface.md §3, Decisions)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_query_spends_nothing_and_answers_63cx_after_success(card: Card) -> None
     assert query(card) == b"\x63\xc3"
     assert query(card) == b"\x63\xc3"
     assert verify(card, "1234") == b"\x90\x00"
-    assert query(card) == b"\x63\xc3"  # Part A.4: 63Cx even when verified
+    assert query(card) == b"\x63\xc3"  # D4: 63Cx even when verified
     assert verify(card, "9999") == b"\x63\xc2"
     assert query(card) == b"\x63\xc2"
     assert verify(card, "1234") == b"\x90\x00"  # a match restores the counter

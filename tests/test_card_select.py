@@ -1,4 +1,4 @@
-"""SELECT, power, ATR, class and instruction errors (spec §1, §6, §9, Part A.9, A.12)."""
+"""SELECT, power, ATR, class and instruction errors (docs/card-interface.md §1, §6, §9, D9, D12)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Durable retry counters: crash at every write step, failed writes, corrupt files (Part A.3)."""
+"""Durable retry counters: crash at every write step, failed writes, corrupt files (D3)."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def test_only_the_check_digit_completes_a_number(first11: str, last: int) -> Non
         (date(1912, 7, 30), "010730"),  # 大正元年
         (date(1912, 7, 29), "450729"),  # 明治45年
         (date(1980, 2, 17), "550217"),  # 昭和55年 (MCARD's card)
-        (date(2020, 2, 24), "020224"),  # 令和2年 (spec §3.1 example)
+        (date(2020, 2, 24), "020224"),  # 令和2年 (docs/card-interface.md §3.1 example)
     ],
 )
 def test_era_boundaries(day: date, expected: str) -> None:

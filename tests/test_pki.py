@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from mynaemu import pki, tlv
 from mynaemu.persona import Persona
 
-SHA256_DIGEST_INFO_PREFIX = bytes.fromhex("3031300D060960864801650304020105000420")  # spec §5.1
+SHA256_DIGEST_INFO_PREFIX = bytes.fromhex("3031300D060960864801650304020105000420")  # docs/card-interface.md §5.1
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Power loss (spec Part A.3): a card process killed at random instants, and writes that fail.
+"""Power loss (docs/card-interface.md, D3): a card process killed at random instants, and writes that fail.
 
 A child process loads the card once and answers request APDUs over a pipe, sending each answer
 only after ``Card.transmit`` returned; the parent asks one request at a time and SIGKILLs the

@@ -2,7 +2,7 @@
 
 The model holds what the card must hold: each key's value, tries left and limit, the current
 application and EF, and the security status. It predicts the exact answer of every command it
-sends (the documented choices of ``mynaemu/aps/base.py`` and spec Part A), and after every step
+sends (the documented choices of ``mynaemu/aps/base.py`` and docs/card-interface.md, Decisions), and after every step
 the card must agree: counters equal (also after a restart from disk), security status equal and
 only for keys of the current application, answers in the status-word whitelist.
 
@@ -72,7 +72,7 @@ COMMANDS = {
     "juki": _COMMON | {(0x80, 0x32)},
     "common": _COMMON | {(0x80, 0x32)},
 }
-# COMPUTE DIGITAL SIGNATURE: P1 -> accepted data lengths (spec §5.1).
+# COMPUTE DIGITAL SIGNATURE: P1 -> accepted data lengths (docs/card-interface.md §5.1).
 SIGN_LENGTHS = {0x00: (1, 245), 0x01: (1, 255), 0x02: (32, 32), 0x03: (1, 255), 0x04: (32, 32), 0x05: (1, 255)}
 FORMATS = {
     "digits4": r"[0-9]{4}",
@@ -703,7 +703,7 @@ class CardMachine(RuleBasedStateMachine):
         if p1p2:
             self.expect(apdu, SW["p1p2"])
         elif extended and (le is not None or body):
-            self.expect(apdu, SW["conditions"])  # extended GET CHALLENGE: 6985 (Part A.9)
+            self.expect(apdu, SW["conditions"])  # extended GET CHALLENGE: 6985 (D9)
         elif le is None or body:
             self.expect(apdu, SW["wrong_length"])
         else:
@@ -839,7 +839,7 @@ class CardMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(t < self.m.limit[k] for k, t in self.m.tries.items()))
     @rule(key=st.sampled_from(KEY_NAMES))
     def admin_unblock(self, key: str) -> None:
-        """Operator unblock (Part A.11): a full counter, the value kept; not for keys with no value."""
+        """Operator unblock (D11): a full counter, the value kept; not for keys with no value."""
         if not self.m.value[key]:
             with pytest.raises(admin.AdminError):
                 admin.unblock(self.card, key)
@@ -898,7 +898,7 @@ class CardMachine(RuleBasedStateMachine):
         session = self.card.session
         assert session.verified == self.m.verified, f"card {session.verified}, model {self.m.verified}"
         assert self.card.current_ap == (None if self.m.ap == "mf" else self.m.ap)
-        # The security status belongs to the selected application (Part A.6).
+        # The security status belongs to the selected application (D6).
         assert all(KEY_HOME[k][0] == self.m.ap for k in session.verified), session.verified
         cur = session.ef
         assert (cur.fid if cur is not None else None) == self.m.ef

@@ -4,7 +4,7 @@ An application owns its files and answers commands against a ``Session`` (the cu
 the keys verified since it was selected). Subclasses add or remove commands by listing them in
 ``COMMANDS``; the card builds one dispatch table per application from that list at load time.
 
-Choices where the sources are silent (spec Part B §12), made here once for every application:
+Choices where the sources are silent (docs/card-interface.md §12), made here once for every application:
 - VERIFY P2=80 with no current EF, or a current EF that is not a key, answers 6986.
 - A wrong VERIFY also clears that key's verified status (ISO 7816-4 §11.5.6).
 - READ BINARY at an offset equal to or past the physical size answers 6B00; a body shorter than

@@ -1,7 +1,7 @@
 """共通カードAP (common card AP), AID ...0100: card identification and INTERNAL AUTHENTICATE.
 
 Record EF 0001 holds serial, municipality and expiry; key 0019 answers INTERNAL AUTHENTICATE
-without credential; the 4-digit PIN at 001C changes with 80 32 00 80 (spec Part B §2.4).
+without credential; the 4-digit PIN at 001C changes with 80 32 00 80 (docs/card-interface.md §2.4).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Signing (80 2A) with EF 0017 needs the auth PIN (0018) verified, with EF 001A the signing
 password (001B); the signing certificate (EF 0001) is read only with the signing password
-(spec Part B §2.1, §5.1). PINs change with CHANGE REFERENCE DATA 00 24 01 80.
+(docs/card-interface.md §2.1, §5.1). PINs change with CHANGE REFERENCE DATA 00 24 01 80.
 """
 
 from __future__ import annotations

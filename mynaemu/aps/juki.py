@@ -1,4 +1,4 @@
-"""住基AP (resident-registry AP), AID ...0401 (spec Part A.1): a 4-digit PIN at EF 001C.
+"""住基AP (resident-registry AP), AID ...0401 (docs/card-interface.md, D1): a 4-digit PIN at EF 001C.
 
 The PIN changes with the JICSAP CHANGE KEY command 80 32 00 80 after a successful VERIFY.
 """

@@ -1,7 +1,7 @@
 """The power-on state (GlobalPlatform issuer security domain, AID A0000001510000).
 
 No EF is readable here (001E selects, READ answers 6981); GET DATA answers the card-level
-objects (spec Part B §2.6).
+objects (docs/card-interface.md §2.6).
 """
 
 from __future__ import annotations

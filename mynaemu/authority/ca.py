@@ -7,7 +7,7 @@ issuers of the text AP and visual AP certificates (EF 0004). Every name says it 
 and every CV key ID starts with 9, so no client can take an emulated card for a real one (Part
 A.10).
 
-CV certificate (spec §4.6), 568 bytes:
+CV certificate (docs/card-interface.md §4.6), 568 bytes:
     7F21 82 0233 { 5F4E 82 0129 <issuer key ID 16><subject key ID 16><90 e 91 n>
                    5F37 82 0100 <PKCS#1 v1.5 SHA-256 signature over the 297-byte 5F4E value> }
 """
@@ -197,7 +197,7 @@ def _until_filler(data: bytes) -> Iterator[tlv.Tlv]:
 
 
 # -- X.509 -----------------------------------------------------------------------------------
-# subjectAltName otherName types of the JPKI signing certificate (spec §4.3). The substitute-
+# subjectAltName otherName types of the JPKI signing certificate (docs/card-interface.md §4.3). The substitute-
 # character fields (.2, .6) hold one digit per character of the name / address, 1 where a
 # character outside the certificate's repertoire was substituted; emulated names need none.
 JPKI_ATTRIBUTE_OIDS: dict[str, x509.ObjectIdentifier] = {
@@ -513,7 +513,7 @@ class Authority:
         return self._issued("auth", cert)
 
     def sign_certificate(self, persona: Persona, public_key: rsa.RSAPublicKey, serial: int | None = None) -> x509.Certificate:
-        """署名用電子証明書: the four basic attributes in subjectAltName otherNames (spec §4.3)."""
+        """署名用電子証明書: the four basic attributes in subjectAltName otherNames (docs/card-interface.md §4.3)."""
         values = {
             "name": persona.name,
             "birth": jpki_birth_value(persona.birth),

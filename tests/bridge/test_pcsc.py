@@ -64,7 +64,7 @@ def test_echo_card_appears_and_answers(slots, connect):
 
 
 def test_quickack_is_rearmed_before_every_receive():
-    """The cure for vpcd's 48 ms stall (spec: pcsc-bridge.md): TCP_QUICKACK before each recv.
+    """The cure for vpcd's 48 ms stall (docs/pcsc-bridge.md): TCP_QUICKACK before each recv.
 
     Checked as behaviour, not time (speed is the benchmarks' business): a socket that records
     calls sees the option set before every recv, however the frames are split.

@@ -289,7 +289,7 @@ def test_pyscard_reads_the_auth_certificate(served: Served, scard_connect) -> No
 
 
 def test_reconnect_leave_keeps_and_reset_clears_security_status(served: Served, scard_connect) -> None:
-    """Spec Part A.6: a PC/SC reconnect without reset keeps the verified PIN; a reset clears it."""
+    """Spec D6: a PC/SC reconnect without reset keeps the verified PIN; a reset clears it."""
     from smartcard import scard
 
     auth_cert = certificate(served.card.dir.content["jpki.auth_cert"])
@@ -542,7 +542,7 @@ def test_pkcs11_tool_signs_with_the_signing_key(opensc: OpenSC, served: Served, 
 def test_pkcs11_tool_wrong_pin_costs_one_try_and_locks(opensc: OpenSC, served: Served, scard_connect, tmp_path) -> None:
     """Each wrong C_Login costs exactly one try; the third blocks the PIN.
 
-    OpenSC 0.23 maps the card's blocked-key answer 6984 (spec Part A.5) to
+    OpenSC 0.23 maps the card's blocked-key answer 6984 (docs/card-interface.md, D5) to
     SC_ERROR_REF_DATA_NOT_USABLE, which its PKCS#11 layer returns as CKR_GENERAL_ERROR (only
     6983 becomes CKR_PIN_LOCKED). The lock is reported through the token flags instead:
     CKF_USER_PIN_LOCKED ("user PIN locked"), from the retry query answering 63C0.
