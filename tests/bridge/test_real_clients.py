@@ -711,3 +711,42 @@ def test_mynaemu_serve_issues_the_demo_card_once(pcscd, issued_template, _data_d
         wait_for_card(name, present=False, timeout=10)
     assert card_ids[0] == card_ids[1]
     assert (data_dir / "demo-card" / "card.json").exists()
+
+
+def _readme_opensc_commands() -> list[str]:
+    """The OpenSC example block of README.md, as shell commands (continuation lines joined)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("OpenSC (driver `jpki`", 1)[1].split("\n\n", 2)[1]
+    joined = block.replace("\\\n", " ")
+    return [line.split("#", 1)[0].strip() for line in joined.splitlines() if line.strip()]
+
+
+def test_readme_opensc_examples_run_verbatim_on_the_demo_card(pcscd, opensc: OpenSC, _data_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """The README's OpenSC commands, pasted as they are, against `mynaemu serve`'s demo card: no try burnt."""
+    commands = _readme_opensc_commands()
+    assert [c.split()[0] for c in commands] == ["opensc-tool", "pkcs15-tool", "pkcs15-tool", "pkcs11-tool"]
+    data_dir = tmp_path / "mynaemu-data"
+    data_dir.mkdir(mode=0o700)
+    if (_data_dir / "authority").is_dir():
+        shutil.copytree(_data_dir / "authority", data_dir / "authority")
+    name = reader_name(SLOT, find_vpcd_readers())
+    wait_for_card(name, present=False, timeout=10)
+    (opensc.workdir / "data").write_bytes(b"the document the README signs")
+    with running(serve_args("--no-start-pcscd"), env=serve_env(data_dir), cwd=tmp_path) as (proc, lines):
+        lines.expect(r"^Serving card (\S+) in reader", timeout=60)
+        wait_for_card(name, present=True, timeout=10)
+        outputs = []
+        for command in commands:
+            res = subprocess.run(command, shell=True, env=opensc.env, cwd=opensc.workdir, capture_output=True,
+                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+            assert res.returncode == 0, f"{command}\n{res.stdout}\n{res.stderr}"
+            outputs.append(res.stdout)
+        stop(proc, lines)
+    assert "jpki" in outputs[0]
+    assert "-----BEGIN CERTIFICATE-----" in outputs[2]
+    assert len((opensc.workdir / "sig").read_bytes()) == 256
+    from mynaemu import Card
+
+    with Card.load(data_dir / "demo-card", read_only=True) as demo:
+        assert demo.tries_left("auth") == 3  # the README's PIN is the demo card's: nothing was spent
