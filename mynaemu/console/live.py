@@ -238,6 +238,14 @@ class LocalCard:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         answer = self.controls.handle(request)
         self._cert = None
+        if answer.get("ok") and request.get("op") in ("insert", "remove") and self.reader:
+            # Done when PC/SC shows it: a client connecting sooner could see pcscd power the card up under it.
+            from reader_bridge.pcscd import PcscError, wait_for_card
+
+            try:
+                wait_for_card(self.reader, present=request["op"] == "insert", timeout=10)
+            except (PcscError, TimeoutError) as exc:
+                return {"ok": False, "error": f"{request['op']}: PC/SC did not show it ({exc})", "kind": "failed"}
         return answer
 
     def persona(self) -> dict[str, Any]:
