@@ -238,7 +238,7 @@ def run_matrix(run: Run, card: Any, profile: Profile) -> dict[str, Any]:
                     status = run.send(SIGN, f"SIGN {col.id}")
                 cells[col.id] = status
         rows.append({"id": row.id, "keys": list(row.keys), "cells": cells})
-    run.exchanges = run.exchanges[-12:] if not getattr(run, "keep", False) else run.exchanges  # the page shows the tail; the matrix is the result
+    run.exchanges = run.exchanges[-12:]  # the page shows the tail; the matrix is the result
     return {"columns": [{"id": c.id, "ap": c.ap, "fid": f"{c.fid:04X}", "kind": c.kind, "label": c.label}
                         for c in columns], "rows": rows}
 
