@@ -36,7 +36,7 @@
       const segs = Array.from({length: v.limit}, (_, i) => `<span class="seg ${i < v.tries_left ? "on" : "off"}"></span>`).join("");
       return `<div class="key${v.tries_left === 0 ? " locked" : ""}" data-key="${esc(k)}" data-tries="${v.tries_left}" data-limit="${v.limit}">
         <span class="name">${esc(k)}</span><span class="bar" title="${esc(v.label)}">${segs}</span>
-        <span class="count">${v.tries_left}/${v.limit}</span>${v.tries_left === 0 ? `<span class="lock">🔒 ${esc(T.locked)}</span>` : ""}</div>`;
+        <span class="count">${v.tries_left}/${v.limit}</span>${v.tries_left === 0 ? `<span class="lock">${esc(T.locked)}</span>` : ""}</div>`;
     }).join("");
     field("keys").innerHTML = keys;
     field("ap").textContent = `${T.ap}: ${state.ap || T.none}`;
