@@ -133,3 +133,36 @@ def test_show_guesses_is_refused_for_a_card_that_is_not_demo(tmp_path: Path, _da
     finally:
         server.close()
         card.close()
+
+
+def test_console_command_prints_its_url_and_stops_on_sigterm(tmp_path: Path, _data_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from mynaemu.cli import main
+
+    assert main(["console", "--port", "70000"]) == 2
+    card_dir = tmp_path / "demo"
+    issue_test_card(card_dir, kind="demo")
+    card = Card.load(card_dir)
+    server = ControlServer(card_dir, CardControls(card).handle).start()  # a served card: the console attaches
+    try:
+        with subprocess.Popen([sys.executable, "-m", "mynaemu", "console", str(card_dir)], stdout=subprocess.PIPE,
+                              text=True, cwd=tmp_path) as proc:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("Console: "):
+                    break
+            url = lines[-1].split()[1]
+            assert url.startswith("http://127.0.0.1:") and "/t/" in url, lines
+            assert any("attached" in line for line in lines)
+            assert httpx.get(url, timeout=10).status_code == 200
+            assert httpx.get(url.split("/t/")[0] + "/", timeout=10).status_code == 403
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    finally:
+        server.close()
+        card.close()

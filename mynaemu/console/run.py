@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +262,20 @@ class ConsoleServer:
                 await super().startup(sockets=sockets)
                 started.set()
 
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                # uvicorn re-raises SIGINT/SIGTERM after its shutdown, which would kill the process
+                # before the cards leave their readers and our pcscd stops: take them as a plain stop.
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
         config = uvicorn.Config(guarded(self.console, self.token), log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=1, lifespan="off", ws="none")
         return Server(config)
@@ -306,6 +322,14 @@ class ConsoleServer:
         self._stop.set()
         if self._serve_thread is not None:
             self._serve_thread.join(15)
+            # Out only once PC/SC shows the readers empty: a card inserted sooner would find pcscd
+            # still holding the old one's presence, and never powered up.
+            from reader_bridge.pcscd import wait_for_card
+
+            for card in self.console.cards:
+                if isinstance(card, LocalCard) and card.reader:
+                    with contextlib.suppress(Exception):
+                        wait_for_card(card.reader, present=False, timeout=10)
         for card in self.console.cards:
             if isinstance(card, AttachedCard):
                 card.client.close()

@@ -75,6 +75,8 @@ class ReaderClient:
         if self._conn is not None:
             with contextlib.suppress(Exception):  # a connection already gone
                 self._conn.disconnect()
+            with contextlib.suppress(Exception):  # and its PC/SC context, now rather than at garbage collection
+                self._conn.release()
             self._conn = None
 
     def close(self) -> None:
