@@ -32,3 +32,10 @@ def bench_card_dir(card_dir: Path) -> Path:
 def bench_card(card):
     """The fresh card, loaded and powered on."""
     return card
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the interleaved results of a timed run where ``MYNAEMU_BENCH_RESULTS`` says."""
+    import interleave
+
+    interleave.write_results()

@@ -75,10 +75,15 @@ def test_issue_test_card(benchmark, tmp_path: Path) -> None:
     assert (issued.path / "card.json").exists() and issued.secrets["auth"] == "1234"
     if not benchmark.disabled:
         card, keygen = interleaved(lambda: issue_test_card(dirs.next()), generate_rsa_key, rounds)
-        benchmark.extra_info.update(median_ms=round(card * 1000, 2), keygen_median_ms=round(keygen * 1000, 2),
-                                    ratio_to_floor_interleaved=round(keygen / card, 3))
-        print(f"\ntest card: {card * 1000:.1f} ms median; one RSA-2048 keygen {keygen * 1000:.1f} ms "
-              f"(interleaved, {rounds} rounds): ratio {keygen / card:.2f}")
+        benchmark.extra_info.update(
+            median_ms=round(card * 1000, 2),
+            keygen_median_ms=round(keygen * 1000, 2),
+            ratio_to_floor_interleaved=round(keygen / card, 3),
+        )
+        print(
+            f"\ntest card: {card * 1000:.1f} ms median; one RSA-2048 keygen {keygen * 1000:.1f} ms "
+            f"(interleaved, {rounds} rounds): ratio {keygen / card:.2f}"
+        )
 
 
 @pytest.mark.benchmark(group="issue")
@@ -88,8 +93,13 @@ def test_issue_command(benchmark, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def issue() -> None:
-        proc = subprocess.run([sys.executable, "-m", "mynaemu", "issue", str(dirs.next()), *ISSUE_ARGS],
-                              env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mynaemu", "issue", str(dirs.next()), *ISSUE_ARGS],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
 
     issue()  # the authority exists afterwards, as in any installation after its first card
@@ -99,10 +109,15 @@ def test_issue_command(benchmark, tmp_path: Path) -> None:
     assert (dirs.root / f"card{dirs.n}" / "card.json").exists()
     if not benchmark.disabled:
         command, keygen = interleaved(issue, generate_rsa_key, rounds)
-        benchmark.extra_info.update(median_ms=round(command * 1000, 1), keygen_median_ms=round(keygen * 1000, 2),
-                                    ratio_to_floor_interleaved=round(keygen / command, 3))
-        print(f"\nmynaemu issue: {command * 1000:.0f} ms median; one RSA-2048 keygen {keygen * 1000:.1f} ms "
-              f"(interleaved, {rounds} rounds): ratio {keygen / command:.3f}")
+        benchmark.extra_info.update(
+            median_ms=round(command * 1000, 1),
+            keygen_median_ms=round(keygen * 1000, 2),
+            ratio_to_floor_interleaved=round(keygen / command, 3),
+        )
+        print(
+            f"\nmynaemu issue: {command * 1000:.0f} ms median; one RSA-2048 keygen {keygen * 1000:.1f} ms "
+            f"(interleaved, {rounds} rounds): ratio {keygen / command:.3f}"
+        )
 
 
 @pytest.mark.benchmark(group="issue")

@@ -12,22 +12,28 @@ connection) live in ``reader_bridge``.
 
 from __future__ import annotations
 
-from .card import Card
-from .profile import Profile, ProfileError
-from .state import StateError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .card import Card
+    from .issuance import IssuedCard, issue_card
+    from .persona import Persona
+    from .profile import Profile, ProfileError
+    from .state import StateError
 
 __all__ = ["Card", "IssuedCard", "Persona", "Profile", "ProfileError", "StateError", "issue_card"]
 __version__ = "0.1.0"
 
+# Imported on first use: `import mynaemu.cli` (every `mynaemu` command, `--help` too) must not pay
+# for the card, its keys and its certificate tooling before it knows what it will run.
+_LAZY = {"Card": "card", "IssuedCard": "issuance", "issue_card": "issuance", "Persona": "persona",
+         "Profile": "profile", "ProfileError": "profile", "StateError": "state"}
+
 
 def __getattr__(name: str):
-    # Issuance pulls in image and certificate tooling; a served card does not need it.
-    if name in ("issue_card", "IssuedCard"):
-        from . import issuance
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mynaemu' has no attribute {name!r}")
+    import importlib
 
-        return getattr(issuance, name)
-    if name == "Persona":
-        from .persona import Persona
-
-        return Persona
-    raise AttributeError(name)
+    return getattr(importlib.import_module(f".{module}", __name__), name)

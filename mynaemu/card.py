@@ -102,6 +102,13 @@ class Card:
         if lock is not None:
             weakref.finalize(self, lock.release)
         self._by_aid = {ap.aid: ap for ap in self.applications.values()}
+        # SELECT by DF name in one dict lookup: every whole AID, then every prefix of >= 5 bytes
+        # (JICSAP's partial names; the first AP in profile order wins a shared prefix). A refused
+        # probe (OpenSC sends ~30 other drivers' AIDs) then costs no more than a successful SELECT.
+        self._by_name: dict[bytes, Application] = dict(self._by_aid)
+        for ap in self.applications.values():
+            for n in range(5, len(ap.aid)):
+                self._by_name.setdefault(ap.aid[:n], ap)
         self._tables: dict[str, dict[int, Handler]] = {}
         select = self._select_handler()
         for name, ap in self.applications.items():
@@ -296,13 +303,11 @@ class Card:
             return sw.WRONG_P1P2
         if not 1 <= len(data) <= 16:
             return sw.WRONG_LENGTH
-        ap = self._by_aid.get(data)
+        # A whole AID, or (JICSAP) a prefix of >= 5 bytes; the profile's order decides which AP a
+        # shared prefix names (it puts the text AP first among the D392100031000101 family).
+        ap = self._by_name.get(data)
         if ap is None:
-            # JICSAP lets a DF be selected by a prefix of its name; the profile's order decides
-            # which (it puts the text AP first among the D392100031000101 family).
-            ap = next((a for a in self.applications.values() if len(data) >= 5 and a.aid.startswith(data)), None)
-            if ap is None:
-                return sw.FILE_NOT_FOUND
+            return sw.FILE_NOT_FOUND
         if ap is not self.session.ap or not self.profile.reselect_keeps_status:
             # A new selection clears the security status; re-selecting the current AP does too
             # unless the card variant keeps it (D6).

@@ -23,16 +23,22 @@ import random
 import sys
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import admin, sw
-from .card import Card
-from .issuance import IssuanceError, issue_card, persona_from_json
-from .keys import StorageFailure
-from .persona import MEIJI_START
+from . import sw
+from .authority import cli as authority_cli  # light: argparse registration; its commands import the rest
 from .private_files import make_private_dirs
-from .profile import Profile, ProfileError
 from .redact import mask_command, mask_hex_text, scrub
-from .state import CardBusyError, StateError
+
+if TYPE_CHECKING:
+    from . import admin
+    from .authority.cli import certificate_report
+    from .card import Card
+    from .issuance import IssuanceError, issue_card, persona_from_json
+    from .keys import StorageFailure
+    from .persona import MEIJI_START
+    from .profile import Profile, ProfileError
+    from .state import CardBusyError, StateError
 
 KEY_NAMES = ("auth", "sign", "text", "juki", "common", "text-a", "text-b", "visual-a", "visual-b", "visual-birth")
 SEXES = {"male": "1", "m": "1", "1": "1", "female": "2", "f": "2", "2": "2", "n/a": "9", "9": "9"}
@@ -50,6 +56,21 @@ SECRET_ENV = {
 # Transcript variables that are secrets, and the secret each is (for the env and the prompt).
 SECRET_VARS = {"auth_pin": "auth", "sign_pin": "sign", "text_pin": "text", "juki_pin": "juki", "common_pin": "juki"}
 MAX_SECRET_FILE = 64 * 1024
+
+
+def _import_commands() -> None:
+    """Import what the commands use, once a command is known: `mynaemu --help` (and a usage error)
+    never pays for the card, its keys and the certificate tooling (~70 ms)."""
+    global admin, Card, IssuanceError, issue_card, persona_from_json, StorageFailure, MEIJI_START, Profile
+    global ProfileError, StateError, CardBusyError, certificate_report
+    from . import admin
+    from .authority.cli import certificate_report
+    from .card import Card
+    from .issuance import IssuanceError, issue_card, persona_from_json
+    from .keys import StorageFailure
+    from .persona import MEIJI_START
+    from .profile import Profile, ProfileError
+    from .state import CardBusyError, StateError
 
 
 class UsageError(Exception):
@@ -185,10 +206,16 @@ def _persona(args: argparse.Namespace):
 
 
 def _variant_names() -> list[str]:
-    """The default profile's card variants, for --help (a broken install lists just "default")."""
+    """The default profile's card variants, for --help (a broken install lists just "default").
+
+    Read with tomllib alone: building the parser must not import the profile checker."""
+    import tomllib
+    from importlib.resources import files
+
     try:
-        return Profile.load().variant_names()
-    except ProfileError:
+        raw = tomllib.loads((files("apdu_specs") / "profile.toml").read_text(encoding="utf-8"))
+        return ["default", *raw.get("variants", {})]
+    except (OSError, ValueError, AttributeError):
         return ["default"]
 
 
@@ -241,11 +268,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     persona = {k: ("****" if k == "security_code" else v) for k, v in card.dir.meta["persona"].items()}
     apps = {name: {"aid": ap.aid.hex().upper(), "title": ap.spec.title} for name, ap in card.applications.items()}
     keys = card.key_status()
+    cert_lines, certs = certificate_report(card, args.at)  # validity and status at --at (card time)
     kind = card.dir.meta.get("kind")
     secrets = _published_secrets(card, args.card_dir) if args.secrets else None
     if args.json:
         doc = {"card_id": card.dir.card_id, "kind": kind, "variant": card.profile.variant, "persona": persona,
-               "applications": apps, "keys": keys, "clock_offset_seconds": int(card.clock_offset.total_seconds())}
+               "applications": apps, "keys": keys, "clock_offset_seconds": int(card.clock_offset.total_seconds()),
+               "certificates": certs}
         if secrets is not None:
             doc["secrets"] = secrets
         json.dump(doc, sys.stdout, ensure_ascii=False, indent=1)
@@ -260,6 +289,9 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{card.now().replace(microsecond=0).isoformat()}")
     if card.dir.meta.get("suspended"):
         print(f"  SUSPENDED since {card.dir.meta['suspended']}: its JPKI certificates are revoked")
+    print("Certificates:")
+    for line in cert_lines:
+        print(f"  {line}")
     print("Applications:")
     for name, a in apps.items():
         print(f"  {name:<7} {a['aid']:<22} {a['title']}")
@@ -384,6 +416,8 @@ def _new_value(args: argparse.Namespace) -> str:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
+    if args.action in authority_cli.LIFECYCLE_ACTIONS:  # the authority's records: works beside `serve`
+        return authority_cli.cmd_lifecycle(args)
     if args.action == "reset-pin":
         new = _new_value(args)
     elif args.action == "kiosk-reset":
@@ -859,8 +893,11 @@ def _check_trace_path(path: Path) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from reader_bridge.serve import ServeError, reader_name, refuse_same_card_twice, serve
 
-    if args.slot < 0:
-        raise UsageError(f"--slot {args.slot}: a vpcd slot is 0 or more (Debian's vpcd has slots 0 and 1)")
+    if not 0 <= args.slot < 16:
+        raise UsageError(f"--slot {args.slot}: a vpcd slot is 0 or more, at most 15 (Debian's vpcd has slots 0 and 1; "
+                         "`mynaemu readers setup N` adds more)")
+    if args.slot + max(1, len(args.card_dir)) > 16:
+        raise UsageError(f"{len(args.card_dir)} cards from --slot {args.slot} on: pcscd has vpcd slots 0 to 15 at most")
     if args.trace is not None:
         _check_trace_path(args.trace)
     if args.no_start_pcscd:
@@ -973,6 +1010,29 @@ def cmd_console(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_readers(args: argparse.Namespace) -> int:
+    """``readers setup N`` / ``readers remove``: pcscd reader entries for vpcd slots 2-15."""
+    from reader_bridge import readers
+
+    try:
+        if args.action == "setup":
+            done = readers.setup(args.slots, args.conf_dir, args.lib_dir)
+            verb = "wrote"
+        else:
+            done = readers.remove(args.conf_dir, args.lib_dir)
+            verb = "removed"
+    except readers.ReaderConfError as exc:
+        raise UsageError(str(exc)) from None
+    except PermissionError as exc:
+        raise RuntimeFailure(f"{_os_error(exc)}; run `mynaemu readers` as root") from None
+    for path in done:
+        print(f"{verb} {path}")
+    slots = readers.configured_slots(args.conf_dir)
+    print(f"{args.conf_dir}: vpcd slots 0-{slots - 1}" if slots else f"{args.conf_dir}: no vpcd slots")
+    print("restart pcscd to load them (a pcscd that `mynaemu serve` starts reads them by itself)")
+    return 0
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error on one line, without echoing stray arguments.
 
@@ -1068,6 +1128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--secrets", action="store_true", help="also show the secrets (demo and test cards only)")
+    authority_cli.add_at_option(p, "show certificate validity and status")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("send", help="send APDUs (hex) to a card (in one session), a served card or a PC/SC reader",
@@ -1094,7 +1155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ctl_commands(p)
     p.set_defaults(func=cmd_ctl)
 
-    p = sub.add_parser("admin", help="operator commands: unblock, reset a PIN, kiosk reset")
+    p = sub.add_parser("admin", help="operator commands: unblock, reset a PIN, kiosk reset, hold/lift/revoke/reissue")
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path)
     asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = asub.add_parser("unblock", help="restore a key's full retry counter (municipal office)")
@@ -1113,6 +1174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"users: prefer --other-file, {SECRET_ENV['other']} or the prompt)")
     a.add_argument("--other-file", metavar="FILE", help="read the other secret from FILE's first line (- = stdin)")
     asub.add_parser("suspend", help="revoke the card's JPKI certificates (lost card); the card still answers")
+    authority_cli.add_admin_actions(asub)
     p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("replay", help="replay conformance transcripts against a card or a PC/SC reader")
@@ -1137,7 +1199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("card_dir", metavar="CARD_DIR", type=Path, nargs="*",
                    help="card(s) to serve, one per slot from --slot on (default: a demo card issued once "
                         "into the data directory)")
-    p.add_argument("--slot", type=int, default=0, help="first vpcd slot: 0 = 'Virtual PCD 00 00', 1 = '... 00 01'")
+    p.add_argument("--slot", type=int, default=0, help="first vpcd slot: 0 = 'Virtual PCD 00 00', 1 = '... 00 01', "
+                                                          "2-15 after `mynaemu readers setup`")
     p.add_argument("--interactive", action="store_true",
                    help="read commands from stdin: remove/insert a card on demand, status, quit")
     p.add_argument("--trace", type=Path, help="write an APDU trace (JSON lines, secrets masked)")
@@ -1153,6 +1216,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: any free one)")
     p.add_argument("--no-start-pcscd", action="store_true", help="never start pcscd; use a running one")
     p.set_defaults(func=cmd_console)
+
+    authority_cli.add_commands(sub)  # authority serve|config, verify
+
+    from reader_bridge.readers import DEFAULT_CONF_DIR, DEFAULT_LIB_DIR, MAX_SLOTS
+
+    p = sub.add_parser("readers", help="pcscd reader entries for more vpcd slots (up to 16; root)")
+    rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("setup", "write entries for vpcd slots 0 .. N-1 (restart pcscd afterwards)"),
+                       ("remove", "delete the entries and library copies that setup wrote")):
+        r = rsub.add_parser(name, help=text)
+        if name == "setup":
+            r.add_argument("slots", type=int, metavar="N", help=f"how many slots, 1 to {MAX_SLOTS} (rounded up to even)")
+        r.add_argument("--conf-dir", type=Path, default=DEFAULT_CONF_DIR, help=f"pcscd's entries (default {DEFAULT_CONF_DIR})")
+        r.add_argument("--lib-dir", type=Path, default=DEFAULT_LIB_DIR,
+                       help=f"where the per-entry copies of libifdvpcd.so go (default {DEFAULT_LIB_DIR})")
+    p.set_defaults(func=cmd_readers)
     return parser
 
 
@@ -1196,6 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else 2
+    _import_commands()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     name = "mynaemu " + args.command

@@ -265,7 +265,7 @@ def certificate_operations() -> CertificateOperations:
     if probe:
         # The authority service registers itself when imported; it is optional.
         with contextlib.suppress(ImportError):
-            importlib.import_module("mynaemu.authority")
+            importlib.import_module("mynaemu.authority.hooks")
     with _registry_lock:
         return _certificate_operations or BUILTIN_CERTIFICATE_OPERATIONS
 

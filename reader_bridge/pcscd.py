@@ -48,6 +48,7 @@ __all__ = [
 PCSCD_SOCKET = Path("/run/pcscd/pcscd.comm")
 VPCD_FRIENDLY_NAME = "Virtual PCD"
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+READER_CONF_DIR = Path("/etc/reader.conf.d")
 PNP_NOTIFICATION = "\\\\?PnP?\\Notification"
 # libpcsclite (clients only; pcscd itself always uses PCSCD_SOCKET) reads this once per process.
 SOCKET_ENV = "PCSCLITE_CSOCK_NAME"
@@ -56,16 +57,18 @@ _private_socket: Path | None = None
 
 
 def reader_name(slot: int, readers: Sequence[str] | None = None) -> str:
-    """PC/SC name of vpcd slot ``slot``: ``"Virtual PCD 00 0N"`` on Debian 12.
+    """PC/SC name of vpcd slot ``slot``: ``"Virtual PCD 00 0N"`` for 0-1 (Debian's entry),
+    ``"Virtual PCD 2-3 00 00"`` for 2 and so on (the entries of ``mynaemu readers setup``).
 
     With ``readers`` (e.g. :func:`find_vpcd_readers`), the listed reader of that slot is
     returned instead, whatever index pcscd gave it.
     """
-    suffix = f" {slot:02d}"
+    from .readers import reader_name_of, slot_of
+
     for name in readers or ():
-        if name.startswith(VPCD_FRIENDLY_NAME) and name.endswith(suffix):
+        if slot_of(name) == slot:
             return name
-    return f"{VPCD_FRIENDLY_NAME} 00{suffix}"
+    return reader_name_of(slot)
 
 
 def find_pcscd() -> str | None:
@@ -236,6 +239,10 @@ class PcscdHarness:
     it is; :attr:`netns` is then its namespace when that is not ours. :attr:`exposed` says why
     vpcd is reachable from our own namespace (None when it is not).
 
+    ``reader_conf_dir`` replaces /etc/reader.conf.d for a pcscd it starts (bind-mounted over it
+    in the private mount namespace), e.g. the entries of ``mynaemu readers setup --conf-dir``;
+    start-up then waits until every slot they configure is listed.
+
     Never passes ``--auto-exit``. ``debug``/``apdu`` add pcscd's ``--debug``/``--apdu`` output
     to ``log_path`` (beware: ``--apdu`` logs PINs in clear).
     """
@@ -250,6 +257,7 @@ class PcscdHarness:
         start_timeout: float = 10.0,
         isolate: bool = True,
         private_socket: bool = False,
+        reader_conf_dir: str | Path | None = None,
     ) -> None:
         self.pcscd = pcscd
         self.log_path = Path(log_path) if log_path is not None else None
@@ -258,6 +266,7 @@ class PcscdHarness:
         self.start_timeout = start_timeout
         self.isolate = isolate
         self.private_socket = private_socket
+        self.reader_conf_dir = Path(reader_conf_dir) if reader_conf_dir is not None else None
         self.socket_path = use_private_socket() if private_socket else client_socket()
         self.process: subprocess.Popen[bytes] | None = None
         self.netns: NetNamespace | None = None
@@ -336,6 +345,10 @@ class PcscdHarness:
             if reason is not None:
                 raise NamespaceError(0, f"cannot start pcscd on {self.socket_path}: {reason}")
             launcher += ["--bind", f"{self.socket_path.parent}:{PCSCD_SOCKET.parent}"]
+        if self.reader_conf_dir is not None:
+            if reason is not None:
+                raise NamespaceError(0, f"cannot give pcscd the reader entries of {self.reader_conf_dir}: {reason}")
+            launcher += ["--bind", f"{self.reader_conf_dir}:{READER_CONF_DIR}"]
         if self.isolate and reason is None:
             if self.netns is None:
                 launcher += ["--net", "new"]
@@ -357,14 +370,20 @@ class PcscdHarness:
 
     def _wait_ready(self) -> None:
         """Bounded poll until PC/SC answers and lists the vpcd readers."""
+        from .readers import configured_slots
+
         deadline = time.monotonic() + self.start_timeout
+        # A pcscd we started lists every configured slot soon; one found running is as it is.
+        want = max(1, configured_slots(self.reader_conf_dir or READER_CONF_DIR)) if self.process is not None else 1
         interval = 0.02
         last: Exception | None = None
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"pcscd exited with status {self.process.returncode} during start-up")
             try:
-                if find_vpcd_readers():
+                listed = find_vpcd_readers()
+                # Every configured slot (pcscd adds the entries one by one), or at least one at the end.
+                if len(listed) >= want or (listed and time.monotonic() >= deadline):
                     return
                 last = None
             except PcscError as exc:

@@ -111,7 +111,8 @@ def _reader_names(slots: Sequence[int], pcsc: bool) -> list[str]:
     names = [reader_name(slot, listed) for slot in slots]
     missing = [name for name in names if name not in listed]
     if missing:
-        raise ValueError(f"pcscd has no reader {', '.join(missing)} (vpcd readers: {', '.join(listed)})")
+        raise ValueError(f"pcscd has no reader {', '.join(missing)} (vpcd readers: {', '.join(listed)}); slots from 2 "
+                         f"on need `mynaemu readers setup N` (root) and a pcscd restarted after it")
     return names
 
 
@@ -256,7 +257,7 @@ def serve(
     processes. On the way out it removes the cards and stops only the pcscd it started.
     Raises :class:`SlotLost` when a slot was lost while serving (see the module docstring),
     TimeoutError when a card does not show up within ``ready_timeout`` seconds, ValueError
-    for a slot without a vpcd reader (Debian's vpcd has slots 0 and 1) or a card given twice,
+    for a slot without a vpcd reader (Debian's vpcd has slots 0 and 1; ``mynaemu readers setup`` adds more) or a card given twice,
     PcscError when no pcscd answers (``start_pcscd=False`` and none running).
     ``control(readers, stop)``, when given, runs in a daemon thread once the cards are ready:
     it may remove and insert cards on demand and set ``stop``. ``on_serving(readers)``, when

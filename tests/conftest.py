@@ -89,3 +89,20 @@ def verify(card, value: str | bytes, p2: int = 0x80) -> bytes:
 
 def query(card, p2: int = 0x80) -> bytes:
     return card.transmit(bytes((0x00, 0x20, 0x00, p2)))
+
+
+@pytest.fixture
+def private_authority(_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The session's emulated CAs (same keys: the session card's certificates chain to them) with a
+    status database of this test's own: holds and revocations here touch no other test."""
+    source = _data_dir / "authority"
+    data = tmp_path / "data"
+    target = data / "authority"
+    target.mkdir(parents=True, mode=0o700)
+    data.chmod(0o700)
+    for path in source.iterdir():
+        if path.suffix == ".pem" or path.name in ("authority.json", "issued.jsonl"):
+            (target / path.name).write_bytes(path.read_bytes())
+            (target / path.name).chmod(0o600)
+    monkeypatch.setenv("MYNAEMU_DATA_DIR", str(data))
+    return target

@@ -89,7 +89,18 @@ def test_expire_and_not_yet_valid_move_the_clock_past_the_certificates(card: Car
 
 
 # -- certificate operations -------------------------------------------------------------------------
-def test_certificate_operations_are_not_available_without_the_authority(card: Card) -> None:
+@pytest.fixture
+def without_the_authority():
+    """The built-in certificate operations, as when mynaemu.authority is not installed."""
+    from mynaemu.authority.hooks import AuthorityCertificateOperations
+    from mynaemu.controls import BUILTIN_CERTIFICATE_OPERATIONS
+
+    register_certificate_operations(BUILTIN_CERTIFICATE_OPERATIONS)
+    yield
+    register_certificate_operations(AuthorityCertificateOperations())
+
+
+def test_certificate_operations_are_not_available_without_the_authority(card: Card, without_the_authority) -> None:
     controls = CardControls(card)
     for op in ("hold", "lift", "reissue"):
         answer = controls.handle({"op": op})
@@ -99,7 +110,7 @@ def test_certificate_operations_are_not_available_without_the_authority(card: Ca
         controls.certificate_operation("hold")
 
 
-def test_revoke_is_backed_by_suspend_until_the_authority_registers(card: Card) -> None:
+def test_revoke_is_backed_by_suspend_until_the_authority_registers(card: Card, without_the_authority) -> None:
     answer = CardControls(card).handle({"op": "revoke"})
     assert answer["ok"], answer
     assert answer["revoke"]["suspended"] == card.dir.meta["suspended"]
@@ -134,7 +145,9 @@ def test_registered_certificate_operations_are_called_holding_the_card(card: Car
         for op in ("hold", "lift", "revoke", "reissue"):
             assert controls.handle({"op": op}) == {"ok": True, op: {"status": op}}
     finally:
-        register_certificate_operations(None)
+        from mynaemu.authority.hooks import AuthorityCertificateOperations
+
+        register_certificate_operations(AuthorityCertificateOperations())  # the installed authority's again
     assert [c[0] for c in calls] == ["hold", "lift", "revoke", "reissue"] and all(c[1] for c in calls)
     assert calls[0][2] > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=59)  # at the card's time
     with pytest.raises(TypeError):
@@ -191,8 +204,8 @@ def test_ctl_works_on_a_card_directory_that_is_not_served(card_dir: Path, capsys
     assert main(["ctl", str(card_dir), "remove"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not in a reader" in err
-    assert main(["ctl", str(card_dir), "hold"]) == 1
-    assert "authority service is not installed" in capsys.readouterr().err
+    assert main(["ctl", str(card_dir), "reissue"]) == 1  # a new card is `admin CARD reissue NEW_DIR`
+    assert "reissue: not on a served card" in capsys.readouterr().err
     assert main(["ctl", str(card_dir), "clock-offset", "soon"]) == 2
 
 

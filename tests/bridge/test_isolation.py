@@ -245,7 +245,7 @@ def test_attacker_never_becomes_the_card(sandbox: Sandbox, card_dir: Path, _data
     attacker, attack_lines = start_attacker(sandbox)
     trace = tmp_path / "trace.jsonl"
     proc, lines = start_serve(sandbox, card_dir, _data_dir, trace)
-    lines.expect(rf"^Serving card \d+ in reader '{READER}'")
+    lines.expect(rf"^Serving card \S+ in reader '{READER}'")
     assert not [line for line in lines.seen if "warning" in line]  # no fallback here
 
     # Drop 1: one APDU longer than a vpcd frame makes vpcd drop our link; we get the slot back.
@@ -264,7 +264,7 @@ def test_attacker_never_becomes_the_card(sandbox: Sandbox, card_dir: Path, _data
 
     # Drop 3: serve started again (a new pcscd); the PIN still reaches only our card.
     proc, lines = start_serve(sandbox, card_dir, _data_dir, trace)
-    lines.expect(rf"^Serving card \d+ in reader '{READER}'")
+    lines.expect(rf"^Serving card \S+ in reader '{READER}'")
     assert sandbox.client("verify") == {"select": "9000", "verify": "9000", "query": "63C3"}
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
@@ -288,7 +288,7 @@ def test_fallback_warns_once_and_exits_loudly_when_someone_else_answers(
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trace = tmp_path / "trace.jsonl"
     proc, lines = start_serve(sandbox, card_dir, _data_dir, trace)
-    lines.expect(rf"^Serving card \d+ in reader '{READER}'")
+    lines.expect(rf"^Serving card \S+ in reader '{READER}'")
     warnings = [line for line in lines.seen if "warning" in line]
     assert len(warnings) == 1, lines.seen
     assert f"pcscd (pid {system_pcscd.pid}) was not started by mynaemu" in warnings[0]
@@ -307,7 +307,7 @@ def test_fallback_warns_once_and_exits_loudly_when_someone_else_answers(
 def test_no_namespace_privileges_warns_once(sandbox: Sandbox, card_dir: Path, _data_dir: Path, tmp_path: Path) -> None:
     """MYNAEMU_NETNS=0 (as without root): serve starts pcscd in its own namespace and says so once."""
     proc, lines = start_serve(sandbox, card_dir, _data_dir, tmp_path / "trace.jsonl", MYNAEMU_NETNS="0")
-    lines.expect(rf"^Serving card \d+ in reader '{READER}'")
+    lines.expect(rf"^Serving card \S+ in reader '{READER}'")
     warnings = [line for line in lines.seen if "warning" in line]
     assert len(warnings) == 1, lines.seen
     assert "mynaemu started pcscd in this network namespace (MYNAEMU_NETNS=0 is set)" in warnings[0]

@@ -232,7 +232,7 @@ def test_serve_in_a_thread(pcscd, connect, canned_card, tmp_path):
 
 
 def test_serve_rejects_a_slot_without_reader(pcscd, canned_card):
-    with pytest.raises(ValueError, match="Virtual PCD 00 05"):
+    with pytest.raises(ValueError, match=r"Virtual PCD 4-5 00 01 .*mynaemu readers setup"):
         serve({5: canned_card()}, stop_event=threading.Event())
 
 

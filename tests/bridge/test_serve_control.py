@@ -38,8 +38,8 @@ def test_serve_two_cards_and_remove_one_on_demand(pcscd, issued_template, card_d
         lines.expect(answer)
 
     try:
-        lines.expect(r"^Serving card \d+ in reader 'Virtual PCD 00 00'")
-        lines.expect(r"^Serving card \d+ in reader 'Virtual PCD 00 01'")
+        lines.expect(r"^Serving card \S+ in reader 'Virtual PCD 00 00'")
+        lines.expect(r"^Serving card \S+ in reader 'Virtual PCD 00 01'")
         lines.expect(r"^commands: ")
         for name in names:
             wait_for_card(name, present=True, timeout=10)

@@ -25,7 +25,7 @@ def test_serve_demo_card_from_the_wheel(pcscd, installed_wheel: InstalledWheel, 
         lines: Lines
         lines.expect(rf"^Issued the demo card in {demo}$", timeout=60)
         lines.expect(rf"^Demo card PINs: {DEMO_PINS} \(`mynaemu info --secrets {demo}` shows them\)$")
-        lines.expect(rf"^Serving card \d+ in reader '{name}'\.")
+        lines.expect(rf"^Serving card \S+ in reader '{name}'\.")
         assert wait_for_card(name, present=True, timeout=10) == ATR
         conn = scard_connect(name)
         assert conn.transmit(SELECT_JPKI) == b"\x90\x00"
