@@ -214,7 +214,8 @@ def create_app(console: Any, token: str) -> Starlette:
                                  "error": "scenarios need the card served by the console (its reader)"})
         client: ReaderClient = console.reader_client(card)
         profile = getattr(getattr(card, "card", None), "profile", default_profile)
-        result = await run_in_threadpool(run_step, scenario, request.path_params["step"], card, client, profile)
+        result = await run_in_threadpool(lambda: run_step(scenario, request.path_params["step"], card, client, profile,
+                                                          authority=console.authority))
         return JSONResponse({"ok": True, **result})
 
     routes = [

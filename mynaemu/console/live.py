@@ -197,7 +197,11 @@ class ObservedCard(FaultyCard):
 def _certificate_state(card: Card) -> dict[str, Any]:
     """good / held / revoked / expired / unknown: from the authority when installed (see ``status_of``)."""
     from ..controls import _certificates, certificate_operations
+    from .relying import certificate_states
 
+    by_authority = certificate_states(card)
+    if by_authority is not None:
+        return by_authority
     now = card.now()
     certs = _certificates(card)
     if certs and now > min(c.not_valid_after_utc for c in certs):

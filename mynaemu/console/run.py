@@ -23,6 +23,7 @@ from ..controls import CardControls
 from ..profile import Profile
 from ..testing import TEST_SECRETS
 from .live import AttachedCard, EventHub, LocalCard, ObservedCard
+from .relying import AuthorityService, authority_installed
 from .scenarios import ReaderClient
 
 LOOPBACK = "127.0.0.1"
@@ -45,6 +46,7 @@ class Console:
         self.port = 0
         self._clients: dict[int, ReaderClient] = {}
         self._lock = threading.Lock()
+        self.authority = AuthorityService() if authority_installed() else None  # scenario 4's relying party
 
     def allowed_hosts(self) -> set[str]:
         return {f"{LOOPBACK}:{self.port}", f"localhost:{self.port}"}
@@ -319,6 +321,8 @@ class ConsoleServer:
         if self._web_thread is not None:
             self._web_thread.join(10)
         self.console.close_clients()
+        if self.console.authority is not None:
+            self.console.authority.close()
         self._stop.set()
         if self._serve_thread is not None:
             self._serve_thread.join(15)

@@ -108,8 +108,9 @@ SIGN = bytes((0x80, 0x2A, 0x00, 0x80, len(DIGEST_INFO))) + DIGEST_INFO + b"\x00"
 class Run:
     """One step's run: sends APDUs through the reader, keeps what the page shows of them."""
 
-    def __init__(self, client: ReaderClient, *, show_plain: bool) -> None:
+    def __init__(self, client: ReaderClient, *, show_plain: bool, authority: Any = None) -> None:
         self.client = client
+        self.authority = authority  # scenario 4's relying party asks it (``relying.AuthorityService``)
         self.show_plain = show_plain
         self.exchanges: list[dict[str, Any]] = []
         self.notes: list[dict[str, Any]] = []
@@ -396,12 +397,72 @@ def _leaked() -> Scenario:
                                Step("no-chain", no_chain)))
 
 
-def _lost() -> Scenario:
-    def unavailable(card: Any, run: Run) -> None:
-        raise StepUnavailable("needs the emulated authority (mynaemu.authority), which is not installed")
+def read_auth_certificate(run: Run) -> bytes:
+    """The auth certificate, read off the card through the reader (EF 000A is free to read)."""
+    run.send(select_ap("jpki"), "SELECT JPKI")
+    run.send(select_ef(0x000A), "SELECT EF 000A (authentication certificate)")
+    head = run.client.transmit(bytes.fromhex("00B0000004"))
+    if head[-2:] != b"\x90\x00" or len(head) < 6:
+        raise StepUnavailable(f"the certificate could not be read ({head[-2:].hex().upper()})")
+    total = 4 + int.from_bytes(head[2:4], "big")
+    body = b""
+    while len(body) < total:
+        chunk = min(256, total - len(body))
+        rsp = run.client.transmit(bytes((0x00, 0xB0)) + len(body).to_bytes(2, "big") + bytes((chunk % 256,)))
+        if rsp[-2:] != b"\x90\x00":
+            raise StepUnavailable(f"the certificate could not be read ({rsp[-2:].hex().upper()})")
+        body += rsp[:-2]
+    run.exchanges.append({"what": f"READ BINARY x{(total + 255) // 256} (the certificate, {total} bytes)",
+                          "cmd": "00B0....", "sw": "9000", "meaning": sw_meaning(b"\x90\x00"), "length": total})
+    return body[:total]
 
-    steps = tuple(Step(s, unavailable) for s in ("accepted", "hotline", "refused", "lift", "reissue"))
-    return Scenario("lost", steps, needs_authority=True)
+
+def _relying_party_checks(card: Any, run: Run) -> dict[str, Any]:
+    """Log in at a relying party: it sends a challenge, the card signs it (auth PIN), the RP asks OCSP."""
+    import os
+
+    from .relying import check_signature
+
+    if run.authority is None:
+        raise StepUnavailable("needs the emulated authority (mynaemu.authority), which is not installed")
+    pin = card.secret("auth")
+    if pin is None:
+        raise StepUnavailable("the holder's auth PIN: the console knows it for demo and test cards only")
+    cert = read_auth_certificate(run)
+    challenge = os.urandom(32)
+    digest_info = DIGEST_INFO[:-32] + hashlib.sha256(challenge).digest()
+    run.send(select_ef(0x0018), "SELECT EF 0018 (auth PIN)")
+    run.send(verify(pin), "VERIFY (the holder's PIN)")
+    run.send(select_ef(0x0017), "SELECT EF 0017 (authentication key)")
+    command = bytes((0x80, 0x2A, 0x00, 0x80, len(digest_info))) + digest_info + b"\x00"
+    rsp = run.client.transmit(command)
+    run.exchanges.append({"what": "COMPUTE DIGITAL SIGNATURE (the challenge)", "cmd": mask_command(command),
+                          "sw": rsp[-2:].hex().upper(), "meaning": sw_meaning(rsp[-2:]), "length": len(rsp) - 2})
+    if rsp[-2:] != b"\x90\x00":
+        raise StepUnavailable(f"the card did not sign ({rsp[-2:].hex().upper()})")
+    return check_signature(run.authority, rsp[:-2], challenge, cert)
+
+
+def _lost() -> Scenario:
+    def accepted(card: Any, run: Run) -> None:
+        verdict = _relying_party_checks(card, run)
+        run.note("rp-accepted" if verdict["valid"] else "rp-refused", reason=verdict["reason"])
+
+    def hotline(card: Any, run: Run) -> None:
+        answer = _action(card, {"op": "hold"})
+        run.note("held", status=answer.get("hold", {}).get("status", "on hold"))
+
+    def lift(card: Any, run: Run) -> None:
+        _action(card, {"op": "lift"})
+        run.note("lifted")
+        accepted(card, run)
+
+    def reissue(card: Any, run: Run) -> None:
+        _action(card, {"op": "reissue"})
+
+    steps = (Step("accepted", accepted), Step("hotline", hotline), Step("refused", accepted), Step("lift", lift),
+             Step("reissue", reissue))
+    return Scenario("lost", steps, demo_only=True, needs_authority=True)
 
 
 def _found() -> Scenario:
@@ -412,12 +473,13 @@ SCENARIOS: dict[str, Scenario] = {s.id: s for s in (_lockout("auth"), _lockout("
                                                     _lost(), _leaked())}
 
 
-def run_step(scenario: Scenario, step_id: str, card: Any, client: ReaderClient, profile: Profile) -> dict[str, Any]:
+def run_step(scenario: Scenario, step_id: str, card: Any, client: ReaderClient, profile: Profile, *,
+             authority: Any = None) -> dict[str, Any]:
     """Run one step on ``card`` through ``client``; the result for the page (``error`` when it cannot run)."""
     step = next((s for s in scenario.steps if s.id == step_id), None)
     if step is None:
         raise KeyError(step_id)
-    run = Run(client, show_plain=bool(card.demo and card.snapshot().get("show_guesses")))
+    run = Run(client, show_plain=bool(card.demo and card.snapshot().get("show_guesses")), authority=authority)
     try:
         if scenario.demo_only and card.kind not in ("demo", "test"):
             raise StepUnavailable("this scenario changes the auth PIN: demo and test cards only")

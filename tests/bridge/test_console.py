@@ -132,7 +132,11 @@ def test_panel_actions_remove_insert_and_unblock(console: ConsoleServer, page) -
     page.wait_for_selector(f'{panel} .key[data-key="text"][data-tries="0"].locked')
     page.click(f'{panel} button[data-action="unblock"]')
     page.wait_for_selector(f'{panel} .key[data-key="text"][data-tries="3"]')
-    page.click(f'{panel} button[data-action="hold"]')  # without the authority: said so, nothing changes
+    page.click(f'{panel} button[data-action="hold"]')  # the hotline, through the authority's hook
+    page.wait_for_selector(f'{panel} [data-field="certs"][data-state="held"]')
+    page.click(f'{panel} button[data-action="lift"]')
+    page.wait_for_selector(f'{panel} [data-field="certs"][data-state="good"]')
+    page.click(f'{panel} button[data-action="reissue"]')  # not on a served card: said so in one line
     page.wait_for_selector("#notice.bad")
 
 
@@ -187,14 +191,22 @@ def test_scenario_5_a_leaked_my_number_opens_only_the_face(console: ConsoleServe
     assert page.locator('li[data-step="no-chain"] [data-note="records-stay"]').count() == 1
 
 
-@pytest.mark.xfail(strict=True, reason="scenario 4 needs the emulated authority (mynaemu.authority), not merged yet")
 def test_scenario_4_relying_party_refuses_with_the_ocsp_reason(console: ConsoleServer, page, tmp_path: Path) -> None:
     page.goto(console.url + "scenario/lost?card=0&lang=en")
+    page.wait_for_selector('section.card [data-field="certs"][data-state="good"]')
     for step in ("accepted", "hotline", "refused"):
         run_step(page, step)
-        assert page.locator(f'li[data-step="{step}"] .error').count() == 0, step
-    assert "certificateHold" in page.inner_text('li[data-step="refused"] .result')
+        assert page.locator(f'li[data-step="{step}"] .error').count() == 0, page.inner_text(f'li[data-step="{step}"]')
+    assert page.locator('li[data-step="accepted"] [data-note="rp-accepted"]').count() == 1
+    page.wait_for_selector('section.card [data-field="certs"][data-state="held"]')
+    refused = page.inner_text('li[data-step="refused"] [data-note="rp-refused"]')
+    assert "on hold (certificateHold)" in refused and "OCSP http://127.0.0.1:" in refused, refused
     screenshot(page, tmp_path, "scenario4-refused")
+    run_step(page, "lift")
+    assert page.locator('li[data-step="lift"] [data-note="rp-accepted"]').count() == 1
+    page.wait_for_selector('section.card [data-field="certs"][data-state="good"]')
+    run_step(page, "reissue")
+    assert "admin" in page.inner_text('li[data-step="reissue"] .error')
 
 
 def test_show_guesses_is_for_the_demo_card_and_says_so(console: ConsoleServer, page, tmp_path: Path) -> None:
