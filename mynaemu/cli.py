@@ -981,6 +981,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The trainer's console (``mynaemu.console``): the cards served, a web page on 127.0.0.1 with a token."""
+    try:
+        from .console.run import ConsoleError, ConsoleServer
+    except ImportError as exc:
+        raise RuntimeFailure(f"the console needs its extra ({exc.name} is missing): pip install 'mynaemu[console]'") from None
+    if args.slot < 0 or not 0 <= args.port <= 65535:
+        raise UsageError("--slot is 0 or more, --port 0 (any free one) to 65535")
+    private_dir(data_dir())
+    dirs = [Path(d) for d in args.card_dir] or [demo_card_dir()]
+    if not args.card_dir:
+        _demo_card(dirs[0])
+    server = ConsoleServer(dirs, slot=args.slot, port=args.port, start_pcscd=not args.no_start_pcscd)
+    try:
+        server.start()
+    except ConsoleError as exc:
+        raise RuntimeFailure(str(exc)) from None
+    for card in server.console.cards:
+        where = "attached (served by mynaemu serve)" if card.attached else f"in reader {card.reader!r}"
+        print(f"Card {card.index}: {card.path} {where}")
+    print(f"Console: {server.url}   (127.0.0.1 only; the token is the key, keep it in the room)  Ctrl-C stops.", flush=True)
+    try:
+        server.run()
+    except ConsoleError as exc:
+        raise RuntimeFailure(str(exc)) from None
+    print("Stopped; the cards' state is saved.")
+    return 0
+
+
 def cmd_readers(args: argparse.Namespace) -> int:
     """``readers setup N`` / ``readers remove``: pcscd reader entries for vpcd slots 2-15."""
     from reader_bridge import readers
@@ -1178,6 +1207,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contactless", action="store_true", help="answer the contactless (Type B) ATR")
     p.add_argument("--no-start-pcscd", action="store_true", help="never start pcscd; use a running one")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("console", help="a trainer's web console (127.0.0.1, token): live cards, actions, guided scenarios")
+    p.add_argument("card_dir", metavar="CARD_DIR", type=Path, nargs="*",
+                   help="cards to show: served here from --slot on, or attached when a `mynaemu serve` holds them "
+                        "(default: the demo card)")
+    p.add_argument("--slot", type=int, default=0, help="first vpcd slot for the cards served here")
+    p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: any free one)")
+    p.add_argument("--no-start-pcscd", action="store_true", help="never start pcscd; use a running one")
+    p.set_defaults(func=cmd_console)
+
     authority_cli.add_commands(sub)  # authority serve|config, verify
 
     from reader_bridge.readers import DEFAULT_CONF_DIR, DEFAULT_LIB_DIR, MAX_SLOTS

@@ -278,6 +278,9 @@ _SERVER_CALLS = {"listen", "bind", "create_server", "start_server", "start_unix_
 _LOCAL_LISTENERS = {"mynaemu/channel.py"}
 
 
+_LOOPBACK_LISTENERS = {Path("mynaemu/authority/service.py"), Path("mynaemu/console/run.py")}
+
+
 @pytest.mark.parametrize("package", ["reader_bridge", "mynaemu"])
 def test_no_code_opens_a_listening_socket(package: str) -> None:
     found = []
@@ -287,9 +290,9 @@ def test_no_code_opens_a_listening_socket(package: str) -> None:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call):
                 name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-                # The emulated authority's HTTP service is the one listener (loopback only, tested
-                # in tests/test_authority_service.py).
-                if name in _SERVER_CALLS and path.relative_to(ROOT) != Path("mynaemu/authority/service.py"):
+                # The emulated authority's HTTP service and the trainer's console are the TCP listeners
+                # (loopback only, tested in tests/test_authority_service.py, tests/test_console_security.py).
+                if name in _SERVER_CALLS and path.relative_to(ROOT) not in _LOOPBACK_LISTENERS:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
             if isinstance(node, ast.Import | ast.ImportFrom):
                 mods = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
