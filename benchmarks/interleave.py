@@ -195,3 +195,21 @@ def write_results(path: str | Path | None = None) -> None:
 
 
 bind = functools.partial  # the one way both sides get their argument: identical overhead
+
+
+def paired_medians(op: Callable[[], object], floor: Callable[[], object], rounds: int) -> tuple[float, float]:
+    """Median seconds of one call of ``op`` and of ``floor``, timed in turn ``rounds`` times.
+
+    For operations too slow to batch (an fsync, a key generation, a whole process).
+    """
+    ops: list[int] = []
+    floors: list[int] = []
+    clock = time.perf_counter_ns
+    for _ in range(rounds):
+        start = clock()
+        op()
+        ops.append(clock() - start)
+        start = clock()
+        floor()
+        floors.append(clock() - start)
+    return statistics.median(ops) / 1e9, statistics.median(floors) / 1e9

@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from interleave import bind, interleave
+from interleave import bind, interleave, paired_medians
 
 from mynaemu.testing import TEST_SECRETS
 from mynaemu.transcript import TRANSCRIPT_DIR, card_variables, expand, load_transcript, transcript_files
@@ -207,17 +207,8 @@ def test_refused_select_aid_vs_successful(bench_card) -> None:
 # -- VERIFY -------------------------------------------------------------------------------------
 def interleaved_ratio(op, floor, rounds: int) -> float:
     """Median floor time / median operation time, the two timed in turn in one loop."""
-    ops: list[int] = []
-    floors: list[int] = []
-    clock = time.perf_counter_ns
-    for _ in range(rounds):
-        start = clock()
-        op()
-        ops.append(clock() - start)
-        start = clock()
-        floor()
-        floors.append(clock() - start)
-    return statistics.median(floors) / statistics.median(ops)
+    op_s, floor_s = paired_medians(op, floor, rounds)
+    return floor_s / op_s
 
 
 @pytest.mark.benchmark(group="verify-right")

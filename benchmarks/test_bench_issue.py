@@ -13,13 +13,12 @@ keygens plus the authority's validation: a ratio of ~0.1.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from interleave import paired_medians
 
 from mynaemu.keypool import KeyPool, default_pool_dir
 from mynaemu.pki import generate_rsa_key
@@ -32,19 +31,7 @@ KEYS_PER_CARD = 6
 ISSUE_ARGS = ("--auth-pin", "1234", "--sign-pin", "ABC123", "--text-pin", "5678", "--juki-pin", "2468")
 
 
-def interleaved(op, floor, rounds: int) -> tuple[float, float]:
-    """Median seconds of ``op`` and of ``floor``, the two run in turn ``rounds`` times."""
-    ops: list[int] = []
-    floors: list[int] = []
-    clock = time.perf_counter_ns
-    for _ in range(rounds):
-        start = clock()
-        op()
-        ops.append(clock() - start)
-        start = clock()
-        floor()
-        floors.append(clock() - start)
-    return statistics.median(ops) / 1e9, statistics.median(floors) / 1e9
+interleaved = paired_medians  # one call of each in turn (a process, a keygen: too slow to batch)
 
 
 def warm_pool(cards: int) -> None:
