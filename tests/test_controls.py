@@ -189,7 +189,7 @@ def test_fault_spec_describes_itself_as_a_request() -> None:
 
 
 # -- ctl on a card that is not served ---------------------------------------------------------------
-def test_ctl_works_on_a_card_directory_that_is_not_served(card_dir: Path, capsys) -> None:
+def test_ctl_works_on_a_card_directory_that_is_not_served(card_dir: Path, capsys, private_authority: Path) -> None:
     assert main(["ctl", str(card_dir), "set-tries", "auth", "1"]) == 0
     assert capsys.readouterr().out == "auth: 1/3 tries\n"
     assert main(["ctl", str(card_dir), "clock-offset", "+2d"]) == 0
@@ -204,8 +204,14 @@ def test_ctl_works_on_a_card_directory_that_is_not_served(card_dir: Path, capsys
     assert main(["ctl", str(card_dir), "remove"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not in a reader" in err
-    assert main(["ctl", str(card_dir), "reissue"]) == 1  # a new card is `admin CARD reissue NEW_DIR`
-    assert "reissue: not on a served card" in capsys.readouterr().err
+    assert main(["ctl", str(card_dir), "--json", "reissue"]) == 0  # the office: a new card beside this one
+    answer = json.loads(capsys.readouterr().out.splitlines()[-1])["reissue"]
+    assert answer["new_card_dir"] == str(card_dir.with_name(card_dir.name + "-reissued"))
+    assert answer["status"] == "superseded" and set(answer["serials"]) == {"auth", "sign"}
+    with Card.load(answer["new_card_dir"], read_only=True) as new:
+        assert new.dir.meta["persona"]["my_number"] == Card.load(card_dir, read_only=True).dir.meta["persona"]["my_number"]
+    assert main(["ctl", str(card_dir), "reissue"]) == 2  # refused: the old certificates are revoked now
+    assert "already revoked" in capsys.readouterr().err
     assert main(["ctl", str(card_dir), "clock-offset", "soon"]) == 2
 
 

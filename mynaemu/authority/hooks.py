@@ -8,6 +8,7 @@ time at the card's clock (``card.now()``, which follows the card's clock offset)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .. import controls
@@ -59,10 +60,30 @@ class AuthorityCertificateOperations:
         return self._run(revoke)
 
     def reissue(self, card: Card) -> dict[str, Any]:
-        # New keys on the card being served would change the key EFs under a running session; a
-        # reissue is a new card (as 再交付 is): `mynaemu admin CARD reissue NEW_DIR`.
-        raise controls.NotAvailable(f"reissue: not on a served card; `mynaemu admin {card.dir.path} reissue NEW_DIR` "
-                                    "issues the new card and revokes these certificates as superseded")
+        """The office's reissue (再交付): a new card beside this one, these certificates superseded.
+
+        The card being served stays what it is, the old card (its certificates now refused):
+        new keys under a running session would be a different card in the same reader.
+        """
+        from . import lifecycle
+
+        def reissue() -> dict[str, Any]:
+            done = lifecycle.reissue(card, _free_sibling(card.dir.path), at=card.now())
+            facts = _facts(done.changes, "superseded")
+            facts["new_card_dir"] = str(done.issued.path)  # type: ignore[attr-defined]
+            return facts
+
+        return self._run(reissue)
+
+
+def _free_sibling(path: Path) -> Path:
+    """``CARD_DIR-reissued``, or ``-reissued-2``, ``-3``… when taken: a reissue never overwrites."""
+    candidate = path.with_name(path.name + "-reissued")
+    n = 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}-reissued-{n}")
+        n += 1
+    return candidate
 
 
 controls.register_certificate_operations(AuthorityCertificateOperations())
