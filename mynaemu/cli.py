@@ -913,7 +913,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refuse_same_card_twice(dirs)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    from reader_bridge.steering import FaultyCard, ReaderSlot
+    from reader_bridge.steering import ReaderSlot
 
     from .channel import ControlServer, socket_path
     from .controls import CardControls
@@ -929,7 +929,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
 
     # What goes into the reader is the card behind a fault injector; the controls steer both.
-    faulty = {slot: FaultyCard(card) for slot, card in cards.items()}
+    # ObservedCard (a FaultyCard) also keeps the last exchanges, masked, for `ctl`'s `recent` op
+    # (an attached `mynaemu console` shows them).
+    from .console.live import ObservedCard
+
+    faulty = {slot: ObservedCard(card) for slot, card in cards.items()}
     controls: dict[int, CardControls] = {}
     channels: dict[int, Path] = {}
 
@@ -953,6 +957,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(readers: list[str]) -> None:
         for slot, name in zip(sorted(cards), readers, strict=False):
             card = cards[slot]
+            if slot in controls:
+                controls[slot].reader = name
             print(f"Serving card {card.dir.card_id} in reader {name!r}. Ctrl-C stops.")
             if slot in channels:
                 print(f"  steer it: mynaemu ctl {card.dir.path} status   (control socket {channels[slot]})")

@@ -353,6 +353,7 @@ class CardControls:
         self.card = card
         self.presence = presence
         self.faults = faults
+        self.reader: str | None = None  # the PC/SC reader name, once a serve knows it
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -505,7 +506,19 @@ class CardControls:
             "card_time": card.now().replace(microsecond=0).isoformat(),
             "faults": [] if self.faults is None else self.faults.faults(),
             "suspended": card.dir.meta.get("suspended"),
+            "reader": self.reader,
         }
+
+    def recent(self, after: int = 0) -> dict[str, Any]:
+        """The exchanges after sequence number ``after`` (masked, as ``FaultyCard``s that keep a
+        log record them), the current AP and the verified keys: what an attached console shows."""
+        log = getattr(self.faults, "log", None)
+        records = [r for r in (log or ()) if r.seq > after]
+        card = self.card
+        with card.mutex:
+            ap, verified = card.current_ap, sorted(card.session.verified)
+        return {"apdus": [r.to_json(show_plain=False) for r in records], "ap": ap, "verified": verified,
+                "count": getattr(self.faults, "count", 0)}
 
     # -- JSON requests -----------------------------------------------------------------------------
     def handle(self, request: object) -> dict[str, Any]:
@@ -553,6 +566,13 @@ def _field(request: dict, name: str, kind: type, what: str) -> Any:
 
 def _op_status(c: CardControls, r: dict) -> dict:
     return c.status()
+
+
+def _op_recent(c: CardControls, r: dict) -> dict:
+    after = r.get("after", 0)
+    if type(after) is not int or after < 0:
+        raise ControlError("recent: after is a sequence number (an integer >= 0)")
+    return c.recent(after)
 
 
 def _keys_result(c: CardControls, key: str) -> dict:
@@ -660,6 +680,7 @@ def _op_transmit(c: CardControls, r: dict) -> dict:
 
 _OPS: dict[str, Callable[[CardControls, dict], dict]] = {
     "status": _op_status,
+    "recent": _op_recent,
     "set-tries": _op_set_tries,
     "block": _op_block,
     "unblock": _op_unblock,

@@ -209,9 +209,9 @@ def create_app(console: Any, token: str) -> Starlette:
         card = card_or_404(request.path_params["index"])
         if scenario is None or card is None or not any(s.id == request.path_params["step"] for s in scenario.steps):
             return JSONResponse({"ok": False, "error": "no such scenario, card or step"}, 404)
-        if card.attached or card.reader is None:
+        if card.reader is None:
             return JSONResponse({"ok": True, "exchanges": [], "notes": [],
-                                 "error": "scenarios need the card served by the console (its reader)"})
+                                 "error": "scenarios need the card's reader (the serve has not said it yet)"})
         client: ReaderClient = console.reader_client(card)
         profile = getattr(getattr(card, "card", None), "profile", default_profile)
         result = await run_in_threadpool(lambda: run_step(scenario, request.path_params["step"], card, client, profile,

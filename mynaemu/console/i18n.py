@@ -92,6 +92,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "n_rp-refused": ("依拠当事者：拒否しました — {reason}", "The relying party refuses: {reason}"),
     "n_held": ("コールセンター：証明書を一時保留にしました（{status}）", "The hotline held the certificates ({status})"),
     "n_lifted": ("カードが見つかった：保留を解除しました", "The card was found: the hold is lifted"),
+    "n_reissued": ("市区町村の窓口：新しいカードを発行しました（{new_card_dir}）。古いカードの証明書は失効（superseded）",
+                   "The municipal office issued a new card ({new_card_dir}); the old card's certificates are superseded"),
     "n_verify-failed": ("{key} の照合に失敗（{sw}）", "{key} did not verify ({sw})"),
     "n_story-found": ("暗証番号がなければ、チップは券面に書かれた以上のものを出しません。危ないのは「カード＋暗証番号」です",
                       "Without the PINs the chip gives nothing beyond the card face; the danger is the card AND its PIN"),

@@ -290,35 +290,50 @@ class LocalCard:
 class AttachedCard:
     """A card a running ``mynaemu serve`` serves, reached through its control channel.
 
-    The channel carries requests, not events: the page sees this card's keys and presence after
-    each action and on a slow refresh, and no APDU log (serve the card with the console for that).
+    The channel carries requests: the console polls ``status`` and ``recent`` (the serve's
+    masked log of exchanges) about every 50 ms (``poll``), and publishes a change at once, so
+    the page follows the card as it follows a card served here. Scenarios run through the
+    serve's reader; a demo or test card's secrets are its published ones.
     """
 
     attached = True
-    reader = None
 
     def __init__(self, index: int, path: Path, client: Any) -> None:
         self.index = index
         self.path = path
         self.client = client
         self._lock = threading.Lock()
-        meta = Card.load(path, read_only=True)
+        view = Card.load(path, read_only=True)
         try:
-            self.kind = meta.dir.meta.get("kind")
-            self._persona = dict(meta.dir.meta.get("persona") or {})
-            self.card_id = meta.dir.card_id
+            self.kind = view.dir.meta.get("kind")
+            self._persona = dict(view.dir.meta.get("persona") or {})
+            self.card_id = view.dir.card_id
         finally:
-            meta.close()
+            view.close()
+        self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=APDU_LOG_LENGTH)
+        self._seq = 0
+        self._status: dict[str, Any] = {"ok": False, "error": "not asked yet"}
+        self._recent: dict[str, Any] = {"ap": None, "verified": [], "count": 0}
+        self._cert: tuple[float, dict[str, Any]] | None = None
 
     @property
     def demo(self) -> bool:
         return self.kind == "demo"
 
+    @property
+    def reader(self) -> str | None:
+        return self._status.get("reader") if self._status.get("ok") else None
+
     def persona(self) -> dict[str, Any]:
         return dict(self._persona)
 
     def secret(self, key: str) -> str | None:
-        return None
+        """A demo or test card's published secret (the serving process keeps the live values)."""
+        if self.kind not in ("demo", "test"):
+            return None
+        from ..testing import TEST_SECRETS
+
+        return TEST_SECRETS.get("juki" if key == "common" else key)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         from ..channel import ChannelError
@@ -327,23 +342,53 @@ class AttachedCard:
         op = request.pop("op")
         with self._lock:
             try:
-                return self.client.request(op, **request)
+                answer = self.client.request(op, **request)
             except ChannelError as exc:
                 return {"ok": False, "error": str(exc), "kind": "failed"}
+        if op != "recent":
+            self._cert = None
+        return answer
+
+    def poll(self) -> bool:
+        """Ask the serve for its status and the exchanges since the last poll; True if anything changed."""
+        status = self.handle({"op": "status"})
+        recent = self.handle({"op": "recent", "after": self._seq})
+        changed = status != self._status
+        self._status = status
+        if recent.get("ok"):
+            for record in recent.get("apdus", []):
+                self.log.append(record)
+                self._seq = max(self._seq, int(record.get("seq", 0)))
+            view = {k: recent.get(k) for k in ("ap", "verified", "count")}
+            changed |= bool(recent.get("apdus")) or view != self._recent
+            self._recent = view
+        return changed
+
+    def certificates(self) -> dict[str, Any]:
+        # A read-only view of the card directory, judged as a served card's is; once a second at most.
+        now = time.monotonic()
+        if self._cert is None or now - self._cert[0] > 1.0:
+            view = Card.load(self.path, read_only=True)
+            try:
+                state = _certificate_state(view)
+            finally:
+                view.close()
+            self._cert = (now, state)
+        return self._cert[1]
 
     def snapshot(self) -> dict[str, Any]:
-        status = self.handle({"op": "status"})
+        if not self._status.get("ok"):
+            self.poll()
+        status = self._status
         base = {"index": self.index, "card_id": self.card_id, "path": str(self.path), "kind": self.kind,
-                "demo": self.demo, "attached": True, "reader": None, "ap": None, "verified": [], "apdus": [],
-                "show_guesses": False, "apdu_count": 0,
-                "certificates": {"state": "unknown", "detail": "attached through the control channel"}}
+                "demo": self.demo, "attached": True, "reader": self.reader, "ap": self._recent.get("ap"),
+                "verified": list(self._recent.get("verified") or []), "apdus": list(reversed(self.log)),
+                "show_guesses": False, "apdu_count": self._recent.get("count") or 0}
         if not status.get("ok"):
-            return {**base, "inserted": None, "keys": {}, "error": status.get("error")}
-        suspended = status.get("suspended")
-        if suspended:
-            base["certificates"] = {"state": "revoked", "detail": "suspended (emulated CRL)"}
+            return {**base, "inserted": None, "keys": {}, "error": status.get("error"),
+                    "certificates": {"state": "unknown", "detail": "the serve does not answer"}}
         return {**base, "inserted": status.get("inserted"), "keys": status.get("keys", {}),
-                "clock_offset_seconds": status.get("clock_offset_seconds", 0)}
+                "clock_offset_seconds": status.get("clock_offset_seconds", 0), "certificates": self.certificates()}
 
 
 def card_time_text(offset_seconds: int) -> str:

@@ -34,6 +34,11 @@ class ConsoleError(RuntimeError):
     """The console cannot start (one line for the user)."""
 
 
+# How often an attached card's serve is asked what changed: the page follows within this, plus
+# the round trip of two channel requests (well under the 100 ms the page promises).
+ATTACHED_POLL_SECONDS = 0.05
+
+
 class Console:
     """The cards and what the app needs around them (the hub, reader clients, class mode)."""
 
@@ -167,6 +172,16 @@ class ConsoleServer:
                 local.append((i, d))
         return attached, local
 
+    def _follow(self, cards: list[AttachedCard]) -> None:
+        """Poll the attached cards' serves (their channels carry no events) and publish each change."""
+        closing, hub = self.console.closing, self.console.hub
+        while not closing.is_set():
+            for card in cards:
+                with contextlib.suppress(Exception):  # a serve gone away: its card shows the error
+                    if card.poll():
+                        hub.publish(card.index)
+            closing.wait(ATTACHED_POLL_SECONDS)
+
     def _start_cards(self) -> None:
         from reader_bridge.serve import refuse_same_card_twice
 
@@ -178,6 +193,9 @@ class ConsoleServer:
         cards: list[LocalCard | AttachedCard | None] = [None] * len(self.card_dirs)
         for i, d, client in attached:
             cards[i] = AttachedCard(i, d, client)
+        if attached:
+            followed = [c for c in cards if isinstance(c, AttachedCard)]
+            threading.Thread(target=self._follow, args=(followed,), name="console-attached", daemon=True).start()
         observed: dict[int, tuple[int, Card, ObservedCard]] = {}
         hub = self.console.hub
         try:

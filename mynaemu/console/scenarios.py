@@ -458,7 +458,11 @@ def _lost() -> Scenario:
         accepted(card, run)
 
     def reissue(card: Any, run: Run) -> None:
-        _action(card, {"op": "reissue"})
+        # The office's other way out: a new card (beside this one); this card's certificates are
+        # superseded, and the same relying party now refuses this card's signature.
+        answer = _action(card, {"op": "reissue"})
+        run.note("reissued", new_card_dir=answer.get("reissue", {}).get("new_card_dir", ""))
+        accepted(card, run)
 
     steps = (Step("accepted", accepted), Step("hotline", hotline), Step("refused", accepted), Step("lift", lift),
              Step("reissue", reissue))

@@ -191,7 +191,23 @@ def test_scenario_5_a_leaked_my_number_opens_only_the_face(console: ConsoleServe
     assert page.locator('li[data-step="no-chain"] [data-note="records-stay"]').count() == 1
 
 
-def test_scenario_4_relying_party_refuses_with_the_ocsp_reason(console: ConsoleServer, page, tmp_path: Path) -> None:
+def test_scenario_4_relying_party_refuses_with_the_ocsp_reason(console_server: ConsoleServer, browser,
+                                                               tmp_path: Path) -> None:
+    """Lost, then found (lift) or reissued: on a card of its own (a reissue supersedes its
+    certificates for good, which class mode cannot undo), served in slot 1."""
+    lost = tmp_path / "lost-demo"
+    issue_test_card(lost, kind="demo")
+    with ConsoleServer([lost], slot=1, start_pcscd=False) as console:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(15000)
+        try:
+            _scenario_4(console, page, tmp_path)
+        finally:
+            context.close()
+
+
+def _scenario_4(console: ConsoleServer, page, tmp_path: Path) -> None:
     page.goto(console.url + "scenario/lost?card=0&lang=en")
     page.wait_for_selector('section.card [data-field="certs"][data-state="good"]')
     for step in ("accepted", "hotline", "refused"):
@@ -206,7 +222,11 @@ def test_scenario_4_relying_party_refuses_with_the_ocsp_reason(console: ConsoleS
     assert page.locator('li[data-step="lift"] [data-note="rp-accepted"]').count() == 1
     page.wait_for_selector('section.card [data-field="certs"][data-state="good"]')
     run_step(page, "reissue")
-    assert "admin" in page.inner_text('li[data-step="reissue"] .error')
+    assert page.locator('li[data-step="reissue"] .error').count() == 0, page.inner_text('li[data-step="reissue"]')
+    assert page.locator('li[data-step="reissue"] [data-note="reissued"]').count() == 1
+    refused = page.inner_text('li[data-step="reissue"] [data-note="rp-refused"]')
+    assert "superseded" in refused, refused
+    page.wait_for_selector('section.card [data-field="certs"][data-state="revoked"]')
 
 
 def test_show_guesses_is_for_the_demo_card_and_says_so(console: ConsoleServer, page, tmp_path: Path) -> None:
@@ -248,3 +268,48 @@ def test_class_mode_resets_every_card_in_one_click(console: ConsoleServer, page)
     page.wait_for_selector(key_bar("auth", 3))
     page.wait_for_selector('section.card [data-field="presence"][data-state="inserted"]')
     page.wait_for_selector("#notice.good")
+
+
+def test_an_attached_card_follows_its_serve_live_and_runs_scenario_1(console_server: ConsoleServer, browser,
+                                                                       _data_dir: Path, tmp_path: Path) -> None:
+    """A card served by `mynaemu serve` (slot 1): the console attaches through its control channel, the
+    page follows its APDUs live (masked) and scenario 1 runs through the serve's reader."""
+    import sys
+
+    from test_real_clients import running, serve_env, stop
+
+    from reader_bridge.pcscd import find_vpcd_readers, reader_name, wait_for_card
+
+    demo = tmp_path / "attached-demo"
+    issue_test_card(demo, kind="demo")
+    name = reader_name(1, find_vpcd_readers())
+    wait_for_card(name, present=False, timeout=10)
+    args = [sys.executable, "-m", "mynaemu", "serve", str(demo), "--slot", "1", "--no-start-pcscd"]
+    with running(args, env=serve_env(_data_dir), cwd=tmp_path) as (proc, lines):
+        lines.expect(r"^Serving card \S+ in reader")
+        lines.expect(r"steer it: mynaemu ctl")
+        wait_for_card(name, present=True, timeout=10)
+        with ConsoleServer([demo], start_pcscd=False) as attached:
+            assert attached.console.cards[0].attached
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(15000)
+            try:
+                page.goto(attached.url + "scenario/lockout-auth?card=0&lang=en")
+                page.wait_for_selector(key_bar("auth", 3))
+                run_step(page, "select")
+                for left in (2, 1, 0):
+                    run_step(page, "guess")
+                    page.wait_for_selector(key_bar("auth", left))
+                run_step(page, "after-lock")
+                assert page.locator('li[data-step="after-lock"] tr[data-sw="6984"]').count() == 1
+                # The serve's exchanges reach the page, decoded and masked.
+                page.wait_for_selector('section.card tbody[data-field="apdus"] tr[data-sw="6984"]')
+                log = page.inner_text('section.card tbody[data-field="apdus"]')
+                assert "VERIFY" in log and "0020008004********" in log and "31323334" not in log
+                screenshot(page, tmp_path, "attached-locked")
+                run_step(page, "unblock")  # the office's unblock, done by the serving process
+                page.wait_for_selector(key_bar("auth", 3))
+            finally:
+                context.close()
+        stop(proc, lines)
