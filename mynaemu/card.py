@@ -27,6 +27,7 @@ from . import cardclock, carddir, sw
 from .apdu import ApduError, parse_fields
 from .aps import APPLICATION_CLASSES, Application, Session
 from .aps.base import Handler, build_efs
+from .files import BinaryEf, Ef
 from .keys import KeyRing, StorageFailure
 from .sm import SmError
 from .sm import parse_command_data as parse_sm_data
@@ -36,6 +37,8 @@ from .tlv import TlvError, parse_tlv
 log = logging.getLogger("mynaemu.card")
 
 _SELECT = 0xA4
+_OK = sw.OK
+_BinaryEf = BinaryEf  # module globals: the fast path reads them on every APDU
 
 
 class CardClosedError(RuntimeError):
@@ -119,6 +122,14 @@ class Card:
         self._manager = self.applications["mf"]
         self.session = Session(self._manager)
         self._table = self._tables["mf"]
+        # The fast path for the commands clients send most (SELECT EF with P2 0C, by the exact
+        # APDU bytes, per application); the full dispatch answers everything else the same way.
+        self._fast_selects: dict[str, dict[bytes, Ef]] = {
+            name: {bytes((0x00, 0xA4, p1, 0x0C, 0x02)) + fid.to_bytes(2, "big"): ef
+                   for fid, ef in ap.efs.items() for p1 in (0x00, 0x02)}
+            for name, ap in self.applications.items() if (0x00 << 8) | _SELECT in ap.table
+        }
+        self._fast_select = self._fast_selects.get("mf", {})
         self._powered = False
         _live_cards.add(self)
 
@@ -198,6 +209,7 @@ class Card:
     def _clear(self) -> None:
         self.session = Session(self._manager)
         self._table = self._tables["mf"]
+        self._fast_select = self._fast_selects.get("mf", {})
 
     def power_on(self) -> bytes:
         """Cold start: the power-on state, no security status. Returns the ATR."""
@@ -229,24 +241,46 @@ class Card:
                 raise CardClosedError(self._refusal)
             if not self._powered:
                 self.power_on()
-            try:
-                cla, ins, p1, p2, data, le, ext = parse_fields(apdu)
-                if cla == 0x00 or cla == 0x80:
-                    handler = self._table.get((cla << 8) | ins)
-                    if handler is None:
-                        return sw.INS_NOT_SUPPORTED
-                    return handler(self.session, p1, p2, data, le, ext)
-                if cla == 0x08 and self.session.sm is not None:
-                    return self._secure_messaging(ins, p1, p2, data)
-                return _class_error(cla, ins)
-            except ApduError as exc:
-                return exc.sw
-            except StorageFailure as exc:
-                log.warning("state write failed, command refused (6581): %s", exc)
-                return sw.MEMORY_FAILURE
-            except Exception:
-                log.exception("internal error answering INS %02X", apdu[1] if len(apdu) > 1 else 0)
-                return sw.INTERNAL_ERROR
+            # Fast path (same answers as the dispatch below, tested against it): SELECT EF by
+            # file id with P2 0C, and a short READ BINARY of the current transparent EF.
+            n = len(apdu)
+            if n == 5:
+                if apdu[1] == 0xB0 and apdu[0] == 0 and apdu[2] < 0x80:
+                    session = self.session
+                    ef = session.ef
+                    if ef.__class__ is _BinaryEf:
+                        rule = ef.rule
+                        body = ef.body  # type: ignore[union-attr]
+                        offset = (apdu[2] << 8) | apdu[3]
+                        if offset < len(body) and (rule is None or not rule.isdisjoint(session.verified)):
+                            return body[offset : offset + (apdu[4] or 256)] + _OK
+            elif n == 7:
+                ef = self._fast_select.get(apdu)
+                if ef is not None:
+                    self.session.ef = ef
+                    return _OK
+            return self._dispatch(apdu)
+
+    def _dispatch(self, apdu: bytes) -> bytes:
+        """The full dispatch (the card's lock held): parse, then the current application's handler."""
+        try:
+            cla, ins, p1, p2, data, le, ext = parse_fields(apdu)
+            if cla == 0x00 or cla == 0x80:
+                handler = self._table.get((cla << 8) | ins)
+                if handler is None:
+                    return sw.INS_NOT_SUPPORTED
+                return handler(self.session, p1, p2, data, le, ext)
+            if cla == 0x08 and self.session.sm is not None:
+                return self._secure_messaging(ins, p1, p2, data)
+            return _class_error(cla, ins)
+        except ApduError as exc:
+            return exc.sw
+        except StorageFailure as exc:
+            log.warning("state write failed, command refused (6581): %s", exc)
+            return sw.MEMORY_FAILURE
+        except Exception:
+            log.exception("internal error answering INS %02X", apdu[1] if len(apdu) > 1 else 0)
+            return sw.INTERNAL_ERROR
 
     def _secure_messaging(self, ins: int, p1: int, p2: int, data: bytes) -> bytes:
         """A CLA 08 command in a secure-messaging session: unwrap, run as CLA 00, wrap the answer."""
@@ -313,6 +347,7 @@ class Card:
             # unless the card variant keeps it (D6).
             self.session = Session(ap)
             self._table = self._tables[ap.name]
+            self._fast_select = self._fast_selects.get(ap.name, {})
         if p2 == 0x0C:
             return sw.OK
         name = b"\x84" + bytes((len(ap.aid),)) + ap.aid
