@@ -61,16 +61,7 @@ def test_issue_test_card(benchmark, tmp_path: Path) -> None:
     issued = benchmark.pedantic(lambda: issue_test_card(dirs.next()), rounds=rounds, iterations=1)
     assert (issued.path / "card.json").exists() and issued.secrets["auth"] == "1234"
     if not benchmark.disabled:
-        card, keygen = interleaved(lambda: issue_test_card(dirs.next()), generate_rsa_key, rounds)
-        benchmark.extra_info.update(
-            median_ms=round(card * 1000, 2),
-            keygen_median_ms=round(keygen * 1000, 2),
-            ratio_to_floor_interleaved=round(keygen / card, 3),
-        )
-        print(
-            f"\ntest card: {card * 1000:.1f} ms median; one RSA-2048 keygen {keygen * 1000:.1f} ms "
-            f"(interleaved, {rounds} rounds): ratio {keygen / card:.2f}"
-        )
+        report_beside_keygen(benchmark, "test card", lambda: issue_test_card(dirs.next()), rounds)
 
 
 @pytest.mark.benchmark(group="issue")
@@ -95,16 +86,19 @@ def test_issue_command(benchmark, tmp_path: Path) -> None:
     benchmark.pedantic(issue, rounds=rounds, iterations=1)
     assert (dirs.root / f"card{dirs.n}" / "card.json").exists()
     if not benchmark.disabled:
-        command, keygen = interleaved(issue, generate_rsa_key, rounds)
-        benchmark.extra_info.update(
-            median_ms=round(command * 1000, 1),
-            keygen_median_ms=round(keygen * 1000, 2),
-            ratio_to_floor_interleaved=round(keygen / command, 3),
-        )
-        print(
-            f"\nmynaemu issue: {command * 1000:.0f} ms median; one RSA-2048 keygen {keygen * 1000:.1f} ms "
-            f"(interleaved, {rounds} rounds): ratio {keygen / command:.3f}"
-        )
+        report_beside_keygen(benchmark, "mynaemu issue", issue, rounds)
+
+
+def report_beside_keygen(benchmark, label: str, op, rounds: int) -> None:
+    """Time ``op`` and one RSA-2048 keygen in turn; the ratio (keygen / op) goes to extra_info."""
+    took, keygen = interleaved(op, generate_rsa_key, rounds)
+    benchmark.extra_info.update(
+        median_ms=round(took * 1000, 2),
+        keygen_median_ms=round(keygen * 1000, 2),
+        ratio_to_floor_interleaved=round(keygen / took, 3),
+    )
+    print(f"\n{label}: {took * 1000:.1f} ms median; one RSA-2048 keygen {keygen * 1000:.1f} ms "
+          f"(interleaved, {rounds} rounds): ratio {keygen / took:.3f}")
 
 
 @pytest.mark.benchmark(group="issue")

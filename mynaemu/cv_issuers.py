@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import pki
+from .private_files import make_private_dirs
 
 DIR_NAME = "cv-issuers"
 TERMINAL_CA_KEY_ID = pki.key_id("9000091")  # the emulated terminal CA (特定機関認証)
@@ -55,8 +57,8 @@ class CvIssuers:
     def load_or_create(cls, directory: Path | str | None = None) -> CvIssuers:
         """The keys kept in ``directory`` (default: beside the authority), each created once (race-safe)."""
         root = Path(directory) if directory is not None else default_cv_issuers_dir()
-        with contextlib.suppress(FileExistsError):
-            root.mkdir(mode=0o700, parents=True)
+        with contextlib.suppress(FileExistsError):  # a concurrent creator was first
+            make_private_dirs(root)  # it and any missing parent 0700, whatever the umask
         keys = {name: _load_or_create_key(root / filename) for name, filename in _FILES.items()}
         return cls(**keys)
 
@@ -84,7 +86,7 @@ def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
         key = pki.generate_rsa_key()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # never a stale file's name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, pem)
