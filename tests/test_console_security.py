@@ -166,3 +166,19 @@ def test_console_command_prints_its_url_and_stops_on_sigterm(tmp_path: Path, _da
     finally:
         server.close()
         card.close()
+
+
+def test_an_action_shows_in_the_very_next_state(attached_console) -> None:
+    # The console polls an attached card in the background; an action's answer must not be followed
+    # by a state from a poll that asked before it (that raced once: tries 3 after set-tries 1).
+    console, card = attached_console
+    token = console.token
+    action = f"/t/{token}/api/cards/0/action"
+    with _client(console) as client:
+        for tries in (1, 3, 2, 1, 3, 2, 1, 3, 2, 1) * 3:
+            ok = client.post(action, json={"op": "set-tries", "key": "auth", "tries": tries},
+                             headers={"X-Console-Token": token})
+            assert ok.status_code == 200 and ok.json()["ok"]
+            state = client.get(f"/t/{token}/api/state").json()
+            assert state[0]["keys"]["auth"]["tries_left"] == tries
+            assert card.key_status()["auth"]["tries_left"] == tries

@@ -255,6 +255,9 @@ class LocalCard:
     def persona(self) -> dict[str, Any]:
         return dict(self.card.dir.meta.get("persona") or {})
 
+    def refresh(self) -> None:
+        """Nothing to ask: a snapshot reads the card itself."""
+
     def secret(self, key: str) -> str | None:
         """A key's current value, of a demo or test card only (their secrets are published)."""
         if self.kind not in ("demo", "test"):
@@ -303,6 +306,9 @@ class AttachedCard:
         self.path = path
         self.client = client
         self._lock = threading.Lock()
+        # One poll at a time, asked and stored as one step: a poll that asked before an action
+        # must not store its older answer over the one asked after it.
+        self._poll_lock = threading.Lock()
         view = Card.load(path, read_only=True)
         try:
             self.kind = view.dir.meta.get("kind")
@@ -326,6 +332,10 @@ class AttachedCard:
 
     def persona(self) -> dict[str, Any]:
         return dict(self._persona)
+
+    def refresh(self) -> None:
+        """Ask the serve now: what an action did shows in the next snapshot, not one poll later."""
+        self.poll()
 
     def secret(self, key: str) -> str | None:
         """A demo or test card's published secret (the serving process keeps the live values)."""
@@ -351,18 +361,19 @@ class AttachedCard:
 
     def poll(self) -> bool:
         """Ask the serve for its status and the exchanges since the last poll; True if anything changed."""
-        status = self.handle({"op": "status"})
-        recent = self.handle({"op": "recent", "after": self._seq})
-        changed = status != self._status
-        self._status = status
-        if recent.get("ok"):
-            for record in recent.get("apdus", []):
-                self.log.append(record)
-                self._seq = max(self._seq, int(record.get("seq", 0)))
-            view = {k: recent.get(k) for k in ("ap", "verified", "count")}
-            changed |= bool(recent.get("apdus")) or view != self._recent
-            self._recent = view
-        return changed
+        with self._poll_lock:
+            status = self.handle({"op": "status"})
+            recent = self.handle({"op": "recent", "after": self._seq})
+            changed = status != self._status
+            self._status = status
+            if recent.get("ok"):
+                for record in recent.get("apdus", []):
+                    self.log.append(record)
+                    self._seq = max(self._seq, int(record.get("seq", 0)))
+                view = {k: recent.get(k) for k in ("ap", "verified", "count")}
+                changed |= bool(recent.get("apdus")) or view != self._recent
+                self._recent = view
+            return changed
 
     def certificates(self) -> dict[str, Any]:
         # A read-only view of the card directory, judged as a served card's is; once a second at most.

@@ -86,6 +86,7 @@ class Console:
                     request[field] = doc[field]
             return card.handle(request)
         finally:
+            card.refresh()
             self.hub.publish(card.index)
 
     def class_reset(self) -> dict[str, Any]:
@@ -93,6 +94,7 @@ class Console:
         results = []
         for card in self.cards:
             errors = []
+            card.refresh()
             if isinstance(card, LocalCard):
                 card.observed.show_guesses = False
             steps: list[dict[str, Any]] = [{"op": "insert"}, {"op": "clear-faults"}, {"op": "clock-offset", "seconds": 0}]
@@ -114,6 +116,7 @@ class Console:
                 answer = card.handle(request)
                 if not answer.get("ok") and request["op"] != "clear-faults":
                     errors.append(f"{request['op']}: {answer.get('error')}")
+            card.refresh()
             self.hub.publish(card.index)
             results.append({"index": card.index, "ok": not errors, "errors": errors})
         return {"ok": all(r["ok"] for r in results), "cards": results}
