@@ -39,6 +39,11 @@ log = logging.getLogger("mynaemu.card")
 _SELECT = 0xA4
 _OK = sw.OK
 _BinaryEf = BinaryEf  # module globals: the fast path reads them on every APDU
+# Constant answers an AP keeps (a few KB): beyond, new ones go through the dispatch.
+_ANSWERS_KEPT = 64
+_NOTHING_KNOWN: dict = {}  # the empty memory of an AP that has kept nothing yet (never written)
+# Short READ BINARY answers an EF keeps: a 2 KB certificate read in 256-byte steps needs 9.
+_READS_KEPT = 32
 
 
 class CardClosedError(RuntimeError):
@@ -119,6 +124,15 @@ class Card:
             if (0x00 << 8) | _SELECT in table:
                 table[_SELECT] = select
             self._tables[name] = table
+        self._select = select
+        # Answers that depend on nothing but the current AP and the exact bytes, kept per AP as
+        # the dispatch gives them (OpenSC probes ~30 other drivers' AIDs and some data objects
+        # on every connection): SELECT by AID (the card's own; with the AP it selects, None if
+        # refused), GET DATA (the objects never change) and an instruction the AP lacks.
+        self._known_by_ap: dict[str, dict[bytes, tuple[bytes, Application | None]]] = {}
+        self._constant_ins = {name: {k for k, h in table.items() if getattr(h, "__func__", None) is Application.get_data}
+                              for name, table in self._tables.items()}
+        self._known = _NOTHING_KNOWN
         self._manager = self.applications["mf"]
         self.session = Session(self._manager)
         self._table = self._tables["mf"]
@@ -131,6 +145,7 @@ class Card:
         }
         self._fast_select = self._fast_selects.get("mf", {})
         self._powered = False
+        self._ready = False  # open and powered: the one flag the fast path reads
         _live_cards.add(self)
 
     @classmethod
@@ -166,6 +181,7 @@ class Card:
         with self.mutex:
             if self._refusal is None:
                 self._refusal = f"{self.dir.path}: this Card was closed; load the card again to use it"
+            self._ready = False
             if self._lock is not None:
                 self._lock.release()
 
@@ -210,11 +226,13 @@ class Card:
         self.session = Session(self._manager)
         self._table = self._tables["mf"]
         self._fast_select = self._fast_selects.get("mf", {})
+        self._known = self._known_by_ap.get("mf", _NOTHING_KNOWN)
 
     def power_on(self) -> bytes:
         """Cold start: the power-on state, no security status. Returns the ATR."""
         self._clear()
         self._powered = True
+        self._ready = self._refusal is None
         return self.atr
 
     def reset(self) -> bytes:
@@ -225,6 +243,7 @@ class Card:
         """Remove power: the volatile state goes, the durable state stays."""
         self._clear()
         self._powered = False
+        self._ready = False
 
     # -- commands ------------------------------------------------------------------------------
     def transmit(self, apdu: bytes) -> bytes:
@@ -236,13 +255,17 @@ class Card:
         """
         if apdu.__class__ is not bytes:  # bytearray/memoryview/list from transports: one copy, then hashable slices
             apdu = bytes(apdu)
-        with self.mutex:
-            if self._refusal is not None:
-                raise CardClosedError(self._refusal)
-            if not self._powered:
+        mutex = self.mutex
+        mutex.acquire()  # not ``with``: the fast path below is short enough for its cost to show
+        try:
+            if not self._ready:
+                if self._refusal is not None:
+                    raise CardClosedError(self._refusal)
                 self.power_on()
             # Fast path (same answers as the dispatch below, tested against it): SELECT EF by
-            # file id with P2 0C, and a short READ BINARY of the current transparent EF.
+            # file id with P2 0C, a short READ BINARY of the current transparent EF (its access
+            # rule checked every time, the answer kept by the EF), and SELECT by AID answered
+            # before (by the exact bytes).
             n = len(apdu)
             if n == 5:
                 if apdu[1] == 0xB0 and apdu[0] == 0 and apdu[2] < 0x80:
@@ -250,26 +273,58 @@ class Card:
                     ef = session.ef
                     if ef.__class__ is _BinaryEf:
                         rule = ef.rule
-                        body = ef.body  # type: ignore[union-attr]
-                        offset = (apdu[2] << 8) | apdu[3]
-                        if offset < len(body) and (rule is None or not rule.isdisjoint(session.verified)):
-                            return body[offset : offset + (apdu[4] or 256)] + _OK
+                        if rule is None or not rule.isdisjoint(session.verified):
+                            reads = ef.reads  # type: ignore[union-attr]
+                            if reads is None:
+                                reads = ef.reads = {}  # type: ignore[union-attr]
+                            else:
+                                answer = reads.get(apdu)
+                                if answer is not None:
+                                    return answer
+                            body = ef.body  # type: ignore[union-attr]
+                            offset = (apdu[2] << 8) | apdu[3]
+                            if offset < len(body):
+                                answer = body[offset : offset + (apdu[4] or 256)] + _OK
+                                if len(reads) < _READS_KEPT:
+                                    reads[apdu] = answer
+                                return answer
+                        else:
+                            return session.ap._denied(ef)  # before the offset, as the dispatch
             elif n == 7:
                 ef = self._fast_select.get(apdu)
                 if ef is not None:
                     self.session.ef = ef
                     return _OK
+            answered = self._known.get(apdu)
+            if answered is not None:
+                if answered[1] is not None:
+                    self._enter_ap(answered[1])
+                return answered[0]
             return self._dispatch(apdu)
+        finally:
+            mutex.release()
 
     def _dispatch(self, apdu: bytes) -> bytes:
         """The full dispatch (the card's lock held): parse, then the current application's handler."""
         try:
-            cla, ins, p1, p2, data, le, ext = parse_fields(apdu)
+            if len(apdu) == 4:  # case 1 (the retry query, mostly): nothing to parse
+                cla, ins, p1, p2 = apdu
+                data, le, ext = b"", None, False
+            else:
+                cla, ins, p1, p2, data, le, ext = parse_fields(apdu)
             if cla == 0x00 or cla == 0x80:
-                handler = self._table.get((cla << 8) | ins)
+                command = (cla << 8) | ins
+                handler = self._table.get(command)
                 if handler is None:
+                    self._remember(apdu, sw.INS_NOT_SUPPORTED, None)
                     return sw.INS_NOT_SUPPORTED
-                return handler(self.session, p1, p2, data, le, ext)
+                ap = self.session.ap
+                response = handler(self.session, p1, p2, data, le, ext)
+                if handler is self._select and p1 == 0x04 and cla == 0x00:
+                    self._remember(apdu, response, self.session.ap if response[-2:] == _OK else None, ap)
+                elif command in self._constant_ins[ap.name]:
+                    self._remember(apdu, response, None, ap)
+                return response
             if cla == 0x08 and self.session.sm is not None:
                 return self._secure_messaging(ins, p1, p2, data)
             return _class_error(cla, ins)
@@ -281,6 +336,17 @@ class Card:
         except Exception:
             log.exception("internal error answering INS %02X", apdu[1] if len(apdu) > 1 else 0)
             return sw.INTERNAL_ERROR
+
+    def _remember(self, apdu: bytes, response: bytes, selects: Application | None, ap: Application | None = None) -> None:
+        """Keep a constant answer of ``ap`` (the current one by default) for the fast path."""
+        name = (ap or self.session.ap).name
+        known = self._known_by_ap.get(name)
+        if known is None:
+            known = self._known_by_ap[name] = {}
+            if name == self.session.ap.name:
+                self._known = known
+        if len(known) < _ANSWERS_KEPT:
+            known[apdu] = (response, selects)
 
     def _secure_messaging(self, ins: int, p1: int, p2: int, data: bytes) -> bytes:
         """A CLA 08 command in a secure-messaging session: unwrap, run as CLA 00, wrap the answer."""
@@ -342,12 +408,7 @@ class Card:
         ap = self._by_name.get(data)
         if ap is None:
             return sw.FILE_NOT_FOUND
-        if ap is not self.session.ap or not self.profile.reselect_keeps_status:
-            # A new selection clears the security status; re-selecting the current AP does too
-            # unless the card variant keeps it (D6).
-            self.session = Session(ap)
-            self._table = self._tables[ap.name]
-            self._fast_select = self._fast_selects.get(ap.name, {})
+        self._enter_ap(ap)
         if p2 == 0x0C:
             return sw.OK
         name = b"\x84" + bytes((len(ap.aid),)) + ap.aid
@@ -355,6 +416,16 @@ class Card:
             body = b"\x82\x01\x38" + name
             return b"\x62" + bytes((len(body),)) + body + sw.OK
         return b"\x6f" + bytes((len(name),)) + name + sw.OK
+
+    def _enter_ap(self, ap: Application) -> None:
+        """The selection of ``ap`` by SELECT by AID (the card's lock held)."""
+        if ap is not self.session.ap or not self.profile.reselect_keeps_status:
+            # A new selection clears the security status; re-selecting the current AP does too
+            # unless the card variant keeps it (D6).
+            self.session = Session(ap)
+            self._table = self._tables[ap.name]
+            self._fast_select = self._fast_selects.get(ap.name, {})
+            self._known = self._known_by_ap.get(ap.name, _NOTHING_KNOWN)
 
     # -- operator view -------------------------------------------------------------------------
     def key_status(self) -> dict[str, dict]:
@@ -416,6 +487,7 @@ def _refuse_inherited_cards() -> None:
     # lock descriptors); left usable, the copy would keep counters of its own. Refuse it.
     for card in list(_live_cards):
         card._refusal = f"{card.dir.path}: this Card was inherited through fork(); load the card again in this process"
+        card._ready = False
         card.mutex = threading.RLock()  # another thread may have held it at the fork
 
 

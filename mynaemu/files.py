@@ -31,7 +31,7 @@ class Ef:
 class BinaryEf(Ef):
     """A transparent EF at its physical size, padded with the filler byte."""
 
-    __slots__ = ("body",)
+    __slots__ = ("body", "reads")
     kind = "binary"
 
     def __init__(self, spec: EfSpec, content: bytes) -> None:
@@ -40,6 +40,9 @@ class BinaryEf(Ef):
         if len(content) > size:
             raise ValueError(f"EF {spec.fid:04X}: content of {len(content)} bytes exceeds its size {size}")
         self.body = content + bytes((spec.filler,)) * (size - len(content))
+        # The card's fast path keeps short READ BINARY answers here by their exact bytes (the
+        # body never changes); None until the first one, so an unread EF costs nothing.
+        self.reads: dict[bytes, bytes] | None = None
 
 
 class RecordEf(Ef):

@@ -11,12 +11,19 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
+
 from mynaemu import Card
+from mynaemu.card import CardClosedError
 from mynaemu.profile import Profile
+from mynaemu.testing import issue_test_card
 
 from .conftest import AID, SECRETS
 
 PROFILE = Profile.load()
+# Other drivers' AIDs that OpenSC probes (PIV, OpenPGP, a GIDS one, and a 17-byte name).
+FOREIGN_AIDS = [bytes.fromhex(a) for a in ("A000000308000010000100", "D27600012401", "A000000397425446590201",
+                                            "A0000000791000", "D2760001240102030405060708090A0B0C")]
 FIDS = sorted({fid for ap in PROFILE.aps.values() for fid in ap.efs} | {0x0000, 0x2F10, 0xFFFF})
 
 
@@ -27,6 +34,11 @@ def _commands(rng: random.Random) -> list[bytes]:
         if kind < 0.08:
             aid = bytes.fromhex(rng.choice(list(AID.values())))
             out.append(bytes((0x00, 0xA4, 0x04, 0x0C, len(aid))) + aid)
+        elif kind < 0.16:  # SELECT by AID as the probes send it: whole, partial, foreign, odd P2, with Le
+            aid = rng.choice([bytes.fromhex(a) for a in AID.values()] + FOREIGN_AIDS)
+            aid = aid[: rng.choice((len(aid), len(aid), 5, 7, 4))]
+            apdu = bytes((rng.choice((0x00, 0x00, 0x80)), 0xA4, 0x04, rng.choice((0x0C, 0x00, 0x04, 0x02, 0x01)), len(aid)))
+            out.append(apdu + aid + rng.choice((b"", b"", b"\x00")))
         elif kind < 0.45:
             fid = rng.choice(FIDS)
             out.append(bytes((0x00, 0xA4, rng.choice((0x00, 0x02, 0x01)), rng.choice((0x0C, 0x0C, 0x04, 0x00)), 0x02))
@@ -43,7 +55,12 @@ def _commands(rng: random.Random) -> list[bytes]:
     return out
 
 
-def test_the_fast_path_answers_as_the_dispatch(card_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", PROFILE.variant_names())
+def test_the_fast_path_answers_as_the_dispatch(variant: str, card_dir: Path, tmp_path: Path) -> None:
+    # Every variant: one keeps the security status on re-selecting the current AP (D6), which the
+    # remembered SELECT by AID answers must follow as the dispatch does.
+    if variant != "default":
+        card_dir = issue_test_card(tmp_path / variant, variant=variant).path
     other = tmp_path / "copy"
     shutil.copytree(card_dir, other)
     fast, slow = Card.load(card_dir), Card.load(other)
@@ -60,3 +77,19 @@ def test_the_fast_path_answers_as_the_dispatch(card_dir: Path, tmp_path: Path) -
         assert fast.session.verified == slow.session.verified and fast.current_ap == slow.current_ap
         hits += got[-2:] == b"\x90\x00"
     assert hits > 500  # the stream reached the fast path's cases, not only errors
+    assert 10 <= len(fast._known_by_ap["mf"]) <= 64  # SELECT by AID answered from memory, and no more kept
+
+
+def test_a_flood_of_foreign_aids_keeps_the_memory_bounded(card_dir: Path) -> None:
+    with Card.load(card_dir) as card:
+        for n in range(2000):
+            aid = b"\xa0\x00" + n.to_bytes(4, "big")
+            assert card.transmit(bytes((0x00, 0xA4, 0x04, 0x0C, len(aid))) + aid) == b"\x6a\x82"
+        assert len(card._known_by_ap["mf"]) == 64
+        assert card.transmit(bytes.fromhex("00A4040C0AD392F000260100000001")) == b"\x90\x00"  # still answered
+        assert card.current_ap == "jpki"
+        card.close()
+        with pytest.raises(CardClosedError):
+            card.transmit(b"\xa0\x00" + (1).to_bytes(4, "big"))
+        with pytest.raises(CardClosedError):  # a remembered answer is no way around a closed card
+            card.transmit(bytes.fromhex("00A4040C06A00000000001"))
