@@ -87,8 +87,11 @@ class Card:
         # Reentrant: an operator command may call transmit-level helpers while holding it.
         self.mutex = threading.RLock()
         try:
-            self._clock_offset = cardclock.read_clock_offset(
-                card_dir.path, card_dir.card_id, dir_fd=lock.fd if lock is not None else None)
+            if lock is not None:
+                with lock.directory() as dir_fd:
+                    self._clock_offset = cardclock.read_clock_offset(card_dir.path, card_dir.card_id, dir_fd=dir_fd)
+            else:
+                self._clock_offset = cardclock.read_clock_offset(card_dir.path, card_dir.card_id)
             self.store = StateStore(card_dir.state_path, card_dir.card_id, read_only=read_only, lock=lock)
             self.keyring = KeyRing(self.profile.keys, self.store)
             self.applications: dict[str, Application] = {}
@@ -99,6 +102,10 @@ class Card:
                            for tag, cid in spec.data_objects.items()}
                 session_key = self._private_key(spec.session_key) if spec.session_key else None
                 self.applications[name] = cls(spec, efs, self.keyring, objects, session_key)  # type: ignore[arg-type]
+        except CardMovedError as exc:
+            if lock is not None:
+                lock.release()
+            raise StateError(str(exc)) from None
         except ValueError as exc:  # content that does not fit its profile (e.g. an EF too small)
             if lock is not None:
                 lock.release()
@@ -108,6 +115,7 @@ class Card:
                 lock.release()
             raise
         if lock is not None:
+            lock.idle()  # loaded: the claim holds the card, no descriptor needed until a write
             weakref.finalize(self, lock.release)
         self._by_aid = {ap.aid: ap for ap in self.applications.values()}
         # SELECT by DF name in one dict lookup: every whole AID, then every prefix of >= 5 bytes
@@ -461,8 +469,8 @@ class Card:
             self._check_open()
             if self.read_only or self._lock is None:
                 raise PermissionError(13, "card loaded read-only")
-            self._lock.check_path()
-            cardclock.write_clock_offset(self.dir.path, self.dir.card_id, seconds, dir_fd=self._lock.fd)
+            with self._lock.directory() as dir_fd:
+                cardclock.write_clock_offset(self.dir.path, self.dir.card_id, seconds, dir_fd=dir_fd)
             self._clock_offset = seconds
 
 

@@ -149,10 +149,9 @@ def secret_value(what: str, *, arg: str | None, arg_name: str, file: str | None,
 
 def data_dir() -> Path:
     """Where mynaemu keeps per-user data (the demo card, the emulated authority)."""
-    if env := os.environ.get("MYNAEMU_DATA_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "mynaemu"
+    from .private_files import data_dir as per_user_data_dir
+
+    return per_user_data_dir()
 
 
 def private_dir(path: Path) -> Path:

@@ -17,6 +17,14 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
+def data_dir() -> Path:
+    """Where mynaemu keeps per-user data: $MYNAEMU_DATA_DIR, else $XDG_DATA_HOME/mynaemu (~/.local/share/mynaemu)."""
+    if env := os.environ.get("MYNAEMU_DATA_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mynaemu"
+
+
 def make_private_dirs(path: Path) -> list[Path]:
     """Create ``path`` and its missing ancestors, each 0700; returns the ones created, top first.
 

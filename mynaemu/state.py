@@ -8,15 +8,16 @@ is refused with a message naming the file and the field; it is never re-created,
 would reset retry counters.
 
 One card has one set of counters. A process that may write a card's state holds a
-``CardLock``: an exclusive flock on the card directory (no second process), registered by the
+``CardLock``: a claim on the card directory naming the process's lease (no second process; see
+"one writer per card" below for why that costs no descriptor per card), registered by the
 directory's (device, inode) (no second writer in this process, whatever the path's spelling).
-Writes go through the locked directory's descriptor, and each write first checks that the path
-still names that directory, so a card directory moved away or replaced is never written behind
-the lock's back.
+Writes go through a descriptor of the locked directory, checked to be that directory, so a card
+directory moved away or replaced is never written behind the lock's back.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -26,8 +27,11 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from .private_files import data_dir, make_private_dirs
 
 log = logging.getLogger("mynaemu.state")
 
@@ -201,8 +205,11 @@ class StateStore:
         With ``limits`` (the profile's retry limit per key) the state must hold exactly those
         keys, with those limits.
         """
-        dir_fd = self.lock.fd if self.lock is not None and self.lock.held else None
-        doc = read_json(self.path, STATE_FORMAT, STATE_VERSION, dir_fd=dir_fd)
+        if self.lock is not None and self.lock.held:
+            with self.lock.directory() as dir_fd:
+                doc = read_json(self.path, STATE_FORMAT, STATE_VERSION, dir_fd=dir_fd)
+        else:
+            doc = read_json(self.path, STATE_FORMAT, STATE_VERSION)
         keys = self._keys(doc, limits)
         if not self.read_only:
             # A write cut short leaves its temporary file (partial state, PIN values included): the
@@ -255,13 +262,6 @@ class StateStore:
         """Write the whole state durably (see module doc); OSError if it cannot be."""
         if self.read_only:
             raise PermissionError(13, "card loaded read-only")
-        lock = self.lock
-        dir_fd = None
-        if lock is not None:
-            if not lock.held:
-                raise OSError(9, "the card was closed")
-            lock.check_path()
-            dir_fd = lock.fd
         doc = {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
@@ -274,31 +274,72 @@ class StateStore:
         # Compact separators keep json on its C encoder (indent= forces the pure-Python one, ~4x
         # slower): this write is on every VERIFY's path.
         data = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-        atomic_write(self.path, data, fault=self.fault, dir_fd=dir_fd)
+        if self.lock is None:
+            atomic_write(self.path, data, fault=self.fault)
+            return
+        with self.lock.directory() as dir_fd:
+            atomic_write(self.path, data, fault=self.fault, dir_fd=dir_fd)
 
 # -- one writer per card -------------------------------------------------------------------------
 # Two holders of a card's counters in memory could each write their own view, and the later
-# write would undo the other's decrement: an extra PIN try. So a card has at most one writer:
-# the flock keeps out other processes (and their children: a forked child's copy is closed), the
-# registry keeps out a second writer in this process, keyed by what the path names, not by how
-# it is spelled (a symlink, "/./", a relative path).
+# write would undo the other's decrement: an extra PIN try. So a card has at most one writer.
+#
+# Across processes, without a descriptor per loaded card: a writing process holds one *lease*
+# for as long as it lives, an exclusive flock on a file of its own in $MYNAEMU_DATA_DIR/leases.
+# A card it loads for writing carries a *claim*, CARD_DIR/.run/writer.json, naming that lease
+# and the card directory's (device, inode) (so a copied directory's claim names another
+# directory). A claim is live while its lease is locked, i.e. while its process lives; a killed
+# process's claims go stale with it. Claims are checked, made and dropped under a short flock on
+# the card directory, so two loaders never both find a card free. Where no lease or claim can be
+# made (no writable data directory, a read-only card directory), the card keeps that flock for
+# as long as it is loaded, as before: one descriptor for that card.
+#
+# In this process a registry keyed by what the path names (device, inode), not by how it is
+# spelled (a symlink, "/./", a relative path), keeps out a second writer.
 _writers: dict[tuple[int, int], CardLock] = {}
 _writers_guard = threading.RLock()  # reentrant: a finalizer may release a lock while another is taken
 
+RUN_DIR = ".run"  # the card directory's runtime files (also the serve's control socket)
+CLAIM_FILE = "writer.json"
+CLAIM_FORMAT = "mynaemu-writer-claim"
+# How long a loader waits for another's claim (a few file operations) before calling it busy.
+CLAIM_WAIT_SECONDS = 1.0
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
 
 class CardLock:
-    """This process's writer lock on one card directory; see ``acquire_card_lock``."""
+    """This process's writer lock on one card directory; see ``acquire_card_lock``.
 
-    __slots__ = ("__weakref__", "fd", "identity", "path")
+    ``fd`` is an open descriptor of the directory while the card is being loaded (and for good
+    when the card holds its own flock, ``claimed`` False); -1 otherwise. ``directory()`` gives
+    a descriptor for a write either way.
+    """
+
+    __slots__ = ("__weakref__", "claimed", "fd", "held", "identity", "nonce", "path")
 
     def __init__(self, path: Path, fd: int, identity: tuple[int, int]) -> None:
         self.path = path
-        self.fd = fd  # -1 once released
+        self.fd = fd  # flocked until ``idle`` hands the card to a claim
         self.identity = identity
+        # The claim's random name for this load: without a descriptor pinning the directory, its
+        # (device, inode) may be reused (a removed tmpfs, a deleted directory); the nonce is not.
+        self.nonce: str | None = None
+        self.claimed = False
+        self.held = True
 
-    @property
-    def held(self) -> bool:
-        return self.fd >= 0
+    def genuine(self) -> bool:
+        """True while the directory still carries this lock's claim (always, for a kept flock)."""
+        if not self.claimed:
+            return self.held
+        try:
+            fd = os.open(self.path, _DIR_FLAGS)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            return (st.st_dev, st.st_ino) == self.identity and (_read_claim(fd) or {}).get("nonce") == self.nonce
+        finally:
+            os.close(fd)
 
     def check_path(self) -> None:
         """Raise CardMovedError unless the path still names the locked directory."""
@@ -308,22 +349,75 @@ class CardLock:
         except OSError:
             now = None
         if now != self.identity:
-            raise CardMovedError(
-                0,
-                f"the card directory {self.path} was moved or replaced since it was loaded "
-                f"(locked inode {self.identity[1]}, the path now names {'nothing' if now is None else f'inode {now[1]}'}); "
-                "refusing to write, load the card again",
-            )
+            raise _moved(self, now)
+
+    @contextlib.contextmanager
+    def directory(self) -> Iterator[int]:
+        """A descriptor of the locked directory for one read or write; CardMovedError if the path names another."""
+        if not self.held:
+            raise OSError(9, "the card was closed")
+        if self.fd >= 0:
+            self.check_path()
+            yield self.fd
+            return
+        try:
+            fd = os.open(self.path, _DIR_FLAGS)
+        except OSError:
+            raise _moved(self, None) from None
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self.identity or (_read_claim(fd) or {}).get("nonce") != self.nonce:
+                raise _moved(self, (st.st_dev, st.st_ino))
+            yield fd
+        finally:
+            os.close(fd)
+
+    def idle(self) -> None:
+        """Once the card is loaded: hand the card from the directory's flock to a claim, and close the descriptor.
+
+        Claimed only now, so a load that fails (a broken file) leaves the directory as it was.
+        Where no claim can be written, the card keeps the flock and its descriptor.
+        """
+        with _writers_guard:
+            if self.claimed or self.fd < 0 or not self.held:
+                return
+            lease = _process_lease()
+            if lease is None:
+                return
+            try:
+                self.nonce = _write_claim(self.fd, self.identity, lease)
+            except OSError as exc:  # e.g. a read-only card directory or a full disk: keep the flock
+                log.info("%s: no writer claim (%s); the card keeps its own lock", self.path, exc.strerror or exc)
+                return
+            self.claimed = True
+            fd, self.fd = self.fd, -1
+        os.close(fd)  # drops the flock: the claim holds the card from here
 
     def release(self) -> None:
         """Give the card up (idempotent): another process, or another load, may then take it."""
         with _writers_guard:
-            if self.fd < 0:
+            if not self.held:
                 return
+            self.held = False
             if _writers.get(self.identity) is self:
                 del _writers[self.identity]
             fd, self.fd = self.fd, -1
-        os.close(fd)  # closing the descriptor drops the flock
+        try:
+            if self.claimed:
+                with contextlib.suppress(OSError, CardBusyError):
+                    _drop_claim(self, fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)  # closing the descriptor drops a flock the card kept
+
+
+def _moved(lock: CardLock, now: tuple[int, int] | None) -> CardMovedError:
+    return CardMovedError(
+        0,
+        f"the card directory {lock.path} was moved or replaced since it was loaded "
+        f"(locked inode {lock.identity[1]}, the path now names {'nothing' if now is None else f'inode {now[1]}'}); "
+        "refusing to write, load the card again",
+    )
 
 
 def directory_identity(path: Path | str) -> tuple[int, int]:
@@ -340,16 +434,22 @@ def directory_identity(path: Path | str) -> tuple[int, int]:
 def acquire_card_lock(directory: Path) -> CardLock:
     """Take the card's writer lock; StateError if another process or another load holds it.
 
-    The lock is a flock on the card directory itself, so taking it changes no file.
+    The lock is the directory's flock until ``CardLock.idle`` (the card loaded) turns it into a
+    claim (``.run/writer.json``); taking it changes no card file.
     """
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(directory, _DIR_FLAGS)
     except OSError as exc:
         raise StateError(f"{directory}: cannot open the card directory ({exc.strerror or exc})") from None
     st = os.fstat(fd)
     identity = (st.st_dev, st.st_ino)
     with _writers_guard:
         other = _writers.get(identity)
+        if other is not None and not other.genuine():
+            # Its directory is gone and this one took its (device, inode): that Card can write
+            # nothing any more (its writes check the claim), so it is no writer of this card.
+            del _writers[identity]
+            other = None
         if other is not None:
             os.close(fd)
             same = "" if os.path.abspath(other.path) == os.path.abspath(directory) else f" (as {other.path})"
@@ -358,28 +458,249 @@ def acquire_card_lock(directory: Path) -> CardLock:
                 "or close() it first (two copies of one card's counters could undo each other's decrements)"
             )
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _flock_briefly(fd, directory)
+            holder = _live_claim(fd, identity)
+            if holder is not None:
+                raise _busy(directory, holder)
+        except BaseException:
             os.close(fd)
-            raise CardBusyError(
-                f"{directory}: the card is in use by another process (e.g. `mynaemu serve`); stop that "
-                "first. `mynaemu info` works meanwhile."
-            ) from None
+            raise
+        # Flocked while the card loads; ``CardLock.idle`` then hands it to a claim.
         lock = _writers[identity] = CardLock(Path(directory), fd, identity)
     return lock
 
 
+def _busy(directory: Path, holder: str) -> CardBusyError:
+    return CardBusyError(
+        f"{directory}: the card is in use by another process ({holder}, e.g. `mynaemu serve`); stop that "
+        "first. `mynaemu info` works meanwhile."
+    )
+
+
+def _flock_briefly(fd: int, directory: Path) -> None:
+    """The card directory's flock, waiting out another loader's claim; CardBusyError if it stays taken."""
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise _busy(directory, "it keeps the card directory locked") from None
+            time.sleep(0.001)
+
+
+def _read_claim(card_fd: int) -> dict | None:
+    """The claim in the card directory, None if there is none (or it is no claim)."""
+    try:
+        run_fd = os.open(RUN_DIR, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=card_fd)
+    except OSError:
+        return None
+    try:
+        fd = os.open(CLAIM_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=run_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(run_fd)
+    try:
+        raw = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    ok = isinstance(doc, dict) and doc.get("format") == CLAIM_FORMAT and isinstance(doc.get("lease"), str)
+    return doc if ok else None
+
+
+def _live_claim(card_fd: int, identity: tuple[int, int]) -> str | None:
+    """Who holds the card by a live claim ("process N"), or None if nobody does."""
+    doc = _read_claim(card_fd)
+    if doc is None or [doc.get("dev"), doc.get("ino")] != list(identity):
+        return None  # no claim, or one copied along with another card directory
+    if _lease is not None and doc["lease"] == str(_lease.path):
+        return None  # this process's own, left behind: the registry above speaks for this process
+    holder = f"process {doc.get('pid')}"
+    try:
+        fd = os.open(doc["lease"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # its process ended, and its lease was cleaned up
+    except OSError:
+        return holder  # a lease we may not look at: assume it lives
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder
+    finally:
+        os.close(fd)
+    return None  # its process died: the lease is free
+
+
+def _write_claim(card_fd: int, identity: tuple[int, int], lease: _Lease) -> str:
+    """Write the card's claim for this process; returns its nonce. On failure nothing is left behind."""
+    made_run_dir = False
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(RUN_DIR, 0o700, dir_fd=card_fd)
+        made_run_dir = True
+    try:
+        run_fd = os.open(RUN_DIR, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=card_fd)
+        try:
+            if os.fstat(run_fd).st_uid != os.geteuid():
+                raise PermissionError(13, f"{RUN_DIR} is not this user's")
+            os.fchmod(run_fd, 0o700)
+            nonce = secrets.token_hex(8)
+            doc = {"format": CLAIM_FORMAT, "lease": str(lease.path), "pid": os.getpid(),
+                   "dev": identity[0], "ino": identity[1], "nonce": nonce}
+            # Renamed into place but not fsynced: after a crash a claim is stale anyway (its lease went).
+            tmp = f".{CLAIM_FILE}.{nonce}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=run_fd)
+            try:
+                try:
+                    data = json.dumps(doc).encode()
+                    if os.write(fd, data) != len(data):  # a cut claim would read as none: refuse it
+                        raise OSError(28, "short write of the writer claim")
+                finally:
+                    os.close(fd)
+                os.replace(tmp, CLAIM_FILE, src_dir_fd=run_fd, dst_dir_fd=run_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=run_fd)
+                raise
+            return nonce
+        finally:
+            os.close(run_fd)
+    except BaseException:
+        if made_run_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(RUN_DIR, dir_fd=card_fd)
+        raise
+
+
+def _drop_claim(lock: CardLock, fd: int) -> None:
+    """Remove the card's claim if it is still this process's."""
+    own = fd < 0
+    if own:
+        try:
+            fd = os.open(lock.path, _DIR_FLAGS)
+        except OSError:
+            return
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != lock.identity:
+            return  # moved away: its claim went with it, and goes stale when this process ends
+        _flock_briefly(fd, lock.path)
+        try:
+            doc = _read_claim(fd)
+            if doc is not None and doc.get("nonce") == lock.nonce:
+                run_fd = os.open(RUN_DIR, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                try:
+                    os.unlink(CLAIM_FILE, dir_fd=run_fd)
+                finally:
+                    os.close(run_fd)
+                with contextlib.suppress(OSError):  # leave the directory as it was found, if nothing else is there
+                    os.rmdir(RUN_DIR, dir_fd=fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        if own:
+            os.close(fd)
+
+
+# -- the process's lease --------------------------------------------------------------------------
+class _Lease:
+    """This process's lease: an exclusive flock on ``path``, held until the process ends."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.pid = os.getpid()
+
+
+_lease: _Lease | None = None
+
+
+def lease_dir() -> Path:
+    """Where writing processes keep their leases: ``$MYNAEMU_DATA_DIR/leases``."""
+    return data_dir() / "leases"
+
+
+def _process_lease() -> _Lease | None:
+    """This process's lease, made on first use; None if none can be made (then cards keep a flock each)."""
+    global _lease
+    if _lease is not None:
+        return _lease
+    directory = lease_dir()
+    try:
+        make_private_dirs(directory)
+        _sweep_leases(directory)
+        # Locked before it has its final name: a sweeper never sees an unlocked live lease.
+        token = secrets.token_hex(8)
+        tmp = directory / f"{token}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            path = directory / f"{token}.lease"
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+    except OSError as exc:
+        log.info("%s: no writer lease (%s); each card keeps its own lock", directory, exc.strerror or exc)
+        return None
+    _lease = _Lease(path, fd)
+    return _lease
+
+
+def _sweep_leases(directory: Path, limit: int = 64) -> None:
+    """Remove leases of processes that ended without removing theirs (killed)."""
+    with os.scandir(directory) as entries:
+        names = [e.name for e in entries if e.name.endswith(".lease")][:limit]
+    for name in names:
+        try:
+            fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: a checker beside it is not blocked
+            with contextlib.suppress(OSError):
+                os.unlink(directory / name)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+
+
+@atexit.register
+def _drop_lease() -> None:
+    lease = _lease
+    if lease is not None and lease.pid == os.getpid():
+        with contextlib.suppress(OSError):
+            lease.path.unlink()
+
+
 def _forget_locks_after_fork() -> None:
     # A forked child must not hold its parent's cards: close its copies of the lock descriptors
-    # (the parent's own descriptors keep the locks), so the child can neither write them nor keep
-    # them locked after the parent lets go. Its inherited Card objects refuse every command.
-    global _writers_guard
+    # and of the lease (the parent's own descriptors keep them), so the child can neither write
+    # the cards nor keep them locked after the parent lets go. Its inherited Card objects refuse
+    # every command; a card it loads itself is checked against the parent's claims.
+    global _writers_guard, _lease
     for lock in _writers.values():
-        with contextlib.suppress(OSError):
-            os.close(lock.fd)
+        if lock.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
         lock.fd = -1
+        lock.held = False
     _writers.clear()
     _writers_guard = threading.RLock()  # another thread may have held it at the fork: start free
+    if _lease is not None:
+        with contextlib.suppress(OSError):
+            os.close(_lease.fd)
+        _lease = None
 
 
 os.register_at_fork(after_in_child=_forget_locks_after_fork)

@@ -314,10 +314,9 @@ _CERT_FILES = {
 
 def default_authority_dir() -> Path:
     """$MYNAEMU_DATA_DIR/authority, else $XDG_DATA_HOME/mynaemu/authority, else ~/.local/share/..."""
-    if env := os.environ.get("MYNAEMU_DATA_DIR"):
-        return Path(env) / "authority"
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "mynaemu" / "authority"
+    from ..private_files import data_dir
+
+    return data_dir() / "authority"
 
 
 class Authority:
