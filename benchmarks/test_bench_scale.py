@@ -3,8 +3,8 @@
     MYNAEMU_BENCH_TIMED=1 python -m pytest benchmarks/test_bench_scale.py -s
 
 * Many cards: copies of one card, all loaded; RSS and open file descriptors before and after
-  (each writable card holds its writer lock open: one descriptor per card, by design of
-  ``mynaemu/state.py``; measured here, not changed). Then SELECT EF + READ BINARY 256 sent to the
+  (a loaded card holds no descriptor: its writer claim names the process's one lease, see
+  ``mynaemu/state.py``; the test asserts it). Then SELECT EF + READ BINARY 256 sent to the
   cards in turn against the same pair on one card, interleaved: ratio = one card's time / the
   many cards' time (what a working set of 1,000 cards costs in caches).
 * Both cores: one worker process with a card of its own against as many workers as the machine
@@ -63,6 +63,7 @@ def test_many_cards_loaded(bench_card_dir: Path, tmp_path: Path) -> None:
     for card in cards:
         assert card.transmit(SELECT_JPKI) == OK
     rss1, fds1 = rss_mb(), open_fds()
+    assert fds1 - fds0 <= 2, (fds0, fds1)  # the process's lease (and a log file at most), never one per card
     expected = cards[0].dir.content["jpki.auth_cert"][:256] + OK
     assert select_and_read(cards[-1]) == expected
     rotation = itertools.cycle(cards)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ from . import cardclock, carddir, sw
 from .apdu import ApduError, parse_fields
 from .aps import APPLICATION_CLASSES, Application, Session
 from .aps.base import Handler, build_efs
-from .files import BinaryEf, Ef
+from .files import BinaryEf
 from .keys import KeyRing, StorageFailure
 from .sm import SmError
 from .sm import parse_command_data as parse_sm_data
@@ -146,9 +147,8 @@ class Card:
         self._table = self._tables["mf"]
         # The fast path for the commands clients send most (SELECT EF with P2 0C, by the exact
         # APDU bytes, per application); the full dispatch answers everything else the same way.
-        self._fast_selects: dict[str, dict[bytes, Ef]] = {
-            name: {bytes((0x00, 0xA4, p1, 0x0C, 0x02)) + fid.to_bytes(2, "big"): ef
-                   for fid, ef in ap.efs.items() for p1 in (0x00, 0x02)}
+        self._fast_selects: dict[str, dict[bytes, int]] = {
+            name: _select_apdus(tuple(sorted(ap.efs)))
             for name, ap in self.applications.items() if (0x00 << 8) | _SELECT in ap.table
         }
         self._fast_select = self._fast_selects.get("mf", {})
@@ -299,9 +299,10 @@ class Card:
                         else:
                             return session.ap._denied(ef)  # before the offset, as the dispatch
             elif n == 7:
-                ef = self._fast_select.get(apdu)
-                if ef is not None:
-                    self.session.ef = ef
+                fid = self._fast_select.get(apdu)
+                if fid is not None:
+                    session = self.session
+                    session.ef = session.ap.efs[fid]
                     return _OK
             answered = self._known.get(apdu)
             if answered is not None:
@@ -488,6 +489,12 @@ def _data_object(tag: int, content: bytes | list[bytes], template: str) -> bytes
         if item.tag == tag and item.end == len(content):
             return item.value
     return content
+
+
+@functools.lru_cache(maxsize=64)
+def _select_apdus(fids: tuple[int, ...]) -> dict[bytes, int]:
+    """SELECT EF APDUs with P2 0C (P1 00 or 02) of an AP's files, by their exact bytes: one map for every card."""
+    return {bytes((0x00, 0xA4, p1, 0x0C, 0x02)) + fid.to_bytes(2, "big"): fid for fid in fids for p1 in (0x00, 0x02)}
 
 
 def _refuse_inherited_cards() -> None:

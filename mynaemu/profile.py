@@ -7,6 +7,7 @@ copy in its CARD_DIR so that a later change of the default never changes an issu
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -18,6 +19,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 DEFAULT_PROFILE: Traversable = resources.files("apdu_specs") / "profile.toml"
+# Parsed profiles by the SHA-256 of their text (a handful: the default and its variants' copies).
+_parsed: dict[bytes, Profile] = {}
+_PARSED_KEPT = 32
 
 KEY_FORMATS = ("digits4", "digits6", "digits12", "digits14", "password", "any")
 KEY_VALUES = ("secret", "my_number", "check_b", "birth_yymmdd", "none")
@@ -147,7 +151,14 @@ class Profile:
                 if not stat.S_ISREG(st.st_mode):
                     what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
                     raise ProfileError(f"{p}: is {what}; give the profile's .toml file")
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
+            digest = hashlib.sha256(text.encode()).digest()
+            parsed = _parsed.get(digest)
+            if parsed is not None:
+                # Every card carries a copy of its profile: 1,000 cards loaded share one parse
+                # (the profile is frozen and never changed after parsing), each with its own path.
+                return parsed if parsed.path == p else replace(parsed, path=p)
+            raw = tomllib.loads(text)
         except FileNotFoundError:
             raise ProfileError(f"{p}: profile file not found") from None
         except PermissionError:
@@ -160,7 +171,11 @@ class Profile:
             raise ProfileError(f"{p}: not valid TOML: {exc}") from None
         except RecursionError:
             raise ProfileError(f"{p}: not valid TOML: nested too deeply") from None
-        return _parse(p, raw)
+        profile = _parse(p, raw)
+        if len(_parsed) >= _PARSED_KEPT:
+            _parsed.clear()
+        _parsed[digest] = profile
+        return profile
 
     def check_issued_content(self, content: Mapping[str, object]) -> None:
         """Refuse a profile whose EFs name content that was not issued or is larger than the EF.
