@@ -28,7 +28,7 @@ from . import cardclock, carddir, sw
 from .apdu import ApduError, parse_fields
 from .aps import APPLICATION_CLASSES, Application, Session
 from .aps.base import Handler, build_efs
-from .files import BinaryEf
+from .files import NO_READS, BinaryEf
 from .keys import KeyRing, StorageFailure
 from .sm import SmError
 from .sm import parse_command_data as parse_sm_data
@@ -40,6 +40,7 @@ log = logging.getLogger("mynaemu.card")
 _SELECT = 0xA4
 _OK = sw.OK
 _BinaryEf = BinaryEf  # module globals: the fast path reads them on every APDU
+_NO_READS = NO_READS
 # Constant answers an AP keeps (a few KB): beyond, new ones go through the dispatch.
 _ANSWERS_KEPT = 64
 _NOTHING_KNOWN: dict = {}  # the empty memory of an AP that has kept nothing yet (never written)
@@ -87,6 +88,7 @@ class Card:
         self._refusal: str | None = None
         # Reentrant: an operator command may call transmit-level helpers while holding it.
         self.mutex = threading.RLock()
+        self._enter, self._leave = self.mutex.acquire, self.mutex.release
         try:
             if lock is not None:
                 with lock.directory() as dir_fd:
@@ -263,8 +265,7 @@ class Card:
         """
         if apdu.__class__ is not bytes:  # bytearray/memoryview/list from transports: one copy, then hashable slices
             apdu = bytes(apdu)
-        mutex = self.mutex
-        mutex.acquire()  # not ``with``: the fast path below is short enough for its cost to show
+        self._enter()  # the card's lock; not ``with``: the fast path is short enough for its cost to show
         try:
             if not self._ready:
                 if self._refusal is not None:
@@ -276,27 +277,27 @@ class Card:
             # before (by the exact bytes).
             n = len(apdu)
             if n == 5:
-                if apdu[1] == 0xB0 and apdu[0] == 0 and apdu[2] < 0x80:
+                if apdu[1] == 0xB0:
                     session = self.session
                     ef = session.ef
                     if ef.__class__ is _BinaryEf:
                         rule = ef.rule
                         if rule is None or not rule.isdisjoint(session.verified):
                             reads = ef.reads  # type: ignore[union-attr]
-                            if reads is None:
-                                reads = ef.reads = {}  # type: ignore[union-attr]
-                            else:
-                                answer = reads.get(apdu)
-                                if answer is not None:
-                                    return answer
-                            body = ef.body  # type: ignore[union-attr]
-                            offset = (apdu[2] << 8) | apdu[3]
-                            if offset < len(body):
-                                answer = body[offset : offset + (apdu[4] or 256)] + _OK
-                                if len(reads) < _READS_KEPT:
-                                    reads[apdu] = answer
+                            answer = reads.get(apdu)  # only bytes that passed the checks below are kept
+                            if answer is not None:
                                 return answer
-                        else:
+                            if apdu[0] == 0 and apdu[2] < 0x80:
+                                body = ef.body  # type: ignore[union-attr]
+                                offset = (apdu[2] << 8) | apdu[3]
+                                if offset < len(body):
+                                    answer = body[offset : offset + (apdu[4] or 256)] + _OK
+                                    if reads is _NO_READS:
+                                        reads = ef.reads = {}  # type: ignore[union-attr]
+                                    if len(reads) < _READS_KEPT:
+                                        reads[apdu] = answer
+                                    return answer
+                        elif apdu[0] == 0 and apdu[2] < 0x80:
                             return session.ap._denied(ef)  # before the offset, as the dispatch
             elif n == 7:
                 fid = self._fast_select.get(apdu)
@@ -311,7 +312,7 @@ class Card:
                 return answered[0]
             return self._dispatch(apdu)
         finally:
-            mutex.release()
+            self._leave()
 
     def _dispatch(self, apdu: bytes) -> bytes:
         """The full dispatch (the card's lock held): parse, then the current application's handler."""
@@ -504,6 +505,7 @@ def _refuse_inherited_cards() -> None:
         card._refusal = f"{card.dir.path}: this Card was inherited through fork(); load the card again in this process"
         card._ready = False
         card.mutex = threading.RLock()  # another thread may have held it at the fork
+        card._enter, card._leave = card.mutex.acquire, card.mutex.release
 
 
 os.register_at_fork(after_in_child=_refuse_inherited_cards)

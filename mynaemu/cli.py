@@ -1059,7 +1059,7 @@ def _secret_option(p: argparse.ArgumentParser, key: str, help_text: str) -> None
 
 def _add_ctl_commands(p: argparse.ArgumentParser) -> None:
     """The ``ctl`` commands (also what ``serve --interactive`` reads)."""
-    from .controls import FAULT_KINDS
+    from .vocabulary import FAULT_KINDS
 
     csub = p.add_subparsers(dest="op", required=True, metavar="COMMAND")
     csub.add_parser("status", help="keys, clock, presence, faults")

@@ -32,10 +32,10 @@ from .card import Card, CardClosedError
 from .keys import StorageFailure
 from .redact import mask_command, scrub
 from .state import StateError
+from .vocabulary import FAULT_KINDS
 
 log = logging.getLogger("mynaemu.controls")
 
-FAULT_KINDS = ("remove", "mute", "error", "slow")
 CERTIFICATE_OPERATIONS = ("hold", "lift", "revoke", "reissue")
 MAX_APDUS_PER_REQUEST = 256
 MAX_APDU_BYTES = 4 + 3 + 65535 + 3

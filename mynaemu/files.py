@@ -28,6 +28,9 @@ class Ef:
         return rule is None or not rule.isdisjoint(verified)
 
 
+NO_READS: dict[bytes, bytes] = {}  # the kept answers of an EF not read yet: empty, never written
+
+
 class BinaryEf(Ef):
     """A transparent EF at its physical size, padded with the filler byte."""
 
@@ -41,8 +44,8 @@ class BinaryEf(Ef):
             raise ValueError(f"EF {spec.fid:04X}: content of {len(content)} bytes exceeds its size {size}")
         self.body = content + bytes((spec.filler,)) * (size - len(content))
         # The card's fast path keeps short READ BINARY answers here by their exact bytes (the
-        # body never changes); None until the first one, so an unread EF costs nothing.
-        self.reads: dict[bytes, bytes] | None = None
+        # body never changes); NO_READS (shared, never written) until the first one.
+        self.reads: dict[bytes, bytes] = NO_READS
 
 
 class RecordEf(Ef):

@@ -143,3 +143,17 @@ def test_issue_refuses_an_invalid_profile(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert str(profile) in err and "keys.auth" in err and "1 to 15" in err
     assert not (tmp_path / "card").exists()
+
+
+def test_help_imports_neither_the_card_nor_cryptography() -> None:
+    # `mynaemu --help` (and every parser build) is argparse and the command names only: a choice
+    # list taken from a module that imports the card made it 3x slower once (FAULT_KINDS).
+    code = ("import sys, contextlib, io\nfrom mynaemu import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    cli.main(['--help'])\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'construct', 'PIL', 'starlette')\n"
+            "               or m in ('mynaemu.card', 'mynaemu.controls', 'mynaemu.state', 'mynaemu.authority.database'))\n"
+            "print(heavy)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

@@ -49,7 +49,7 @@ def _which(args: argparse.Namespace) -> tuple[str, ...]:
 # -- admin: the lifecycle ----------------------------------------------------------------------------
 def add_admin_actions(asub) -> None:
     """``admin CARD_DIR hold | lift | revoke | reissue`` (the card may be served meanwhile)."""
-    from .database import REVOKE_REASONS
+    from ..vocabulary import REVOKE_REASONS
 
     for name, text in (("hold", "put the card's certificates on hold (certificateHold)"),
                        ("lift", "lift a hold: the certificates are good again")):

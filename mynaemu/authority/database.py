@@ -52,8 +52,6 @@ REASONS: dict[str, x509.ReasonFlags] = {
 }
 REASON_NAMES = {flag: name for name, flag in REASONS.items()}
 # What `revoke --reason` accepts: certificateHold is `hold`, removeFromCRL only exists on delta CRLs.
-REVOKE_REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn",
-                  "unspecified")
 
 
 def utc_seconds(at: datetime) -> datetime:

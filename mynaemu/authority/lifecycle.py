@@ -34,9 +34,10 @@ from cryptography.exceptions import InvalidSignature
 
 from ..card import Card
 from ..state import StateError, atomic_write
+from ..vocabulary import REVOKE_REASONS
 from .ca import Authority, default_authority_dir
 from .crl import CRL_FILES, write_crl_files
-from .database import REVOKE_REASONS, Revocation, StatusSnapshot, database, utc_seconds
+from .database import Revocation, StatusSnapshot, database, utc_seconds
 
 REVOKED_FORMAT = "mynaemu-revoked"  # the pre-database list; read once by database._read_db
 CERT_CONTENT = {"auth": "jpki.auth_cert", "sign": "jpki.sign_cert"}
