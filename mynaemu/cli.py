@@ -34,9 +34,8 @@ if TYPE_CHECKING:
     from . import admin
     from .authority.cli import certificate_report
     from .card import Card
-    from .issuance import IssuanceError, issue_card, persona_from_json
+    from .controls import CardControls
     from .keys import StorageFailure
-    from .persona import MEIJI_START
     from .profile import Profile, ProfileError
     from .state import CardBusyError, StateError
 
@@ -61,16 +60,28 @@ MAX_SECRET_FILE = 64 * 1024
 def _import_commands() -> None:
     """Import what the commands use, once a command is known: `mynaemu --help` (and a usage error)
     never pays for the card, its keys and the certificate tooling (~70 ms)."""
-    global admin, Card, IssuanceError, issue_card, persona_from_json, StorageFailure, MEIJI_START, Profile
-    global ProfileError, StateError, CardBusyError, certificate_report
+    global admin, Card, StorageFailure, Profile, ProfileError, StateError, CardBusyError, certificate_report
     from . import admin
     from .authority.cli import certificate_report
     from .card import Card
-    from .issuance import IssuanceError, issue_card, persona_from_json
     from .keys import StorageFailure
-    from .persona import MEIJI_START
     from .profile import Profile, ProfileError
     from .state import CardBusyError, StateError
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """The errors a command reports as a usage error (exit 2).
+
+    IssuanceError only once ``mynaemu.issuance`` is imported: only the issuing commands import it
+    (with the certificate and image tooling, ~20 ms that ``serve`` does not pay), and nothing
+    else raises it.
+    """
+    _import_commands()  # a command that imports lazily (serve) may fail before it did
+    errors: list[type[BaseException]] = [UsageError, admin.AdminError, StateError, ProfileError]
+    issuance = sys.modules.get(f"{__package__}.issuance")
+    if issuance is not None:
+        errors.append(issuance.IssuanceError)
+    return tuple(errors)
 
 
 class UsageError(Exception):
@@ -167,7 +178,7 @@ def private_dir(path: Path) -> Path:
 
 # -- issue ---------------------------------------------------------------------------------------
 def _persona(args: argparse.Namespace):
-    from .persona import Persona
+    from .persona import MEIJI_START, Persona
 
     birth = None
     if args.birth:
@@ -219,6 +230,8 @@ def _variant_names() -> list[str]:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    from .issuance import issue_card
+
     secrets = {
         key: secret_value(f"the {key} PIN", arg=getattr(args, f"{key}_pin"), arg_name=f"--{key}-pin",
                           file=getattr(args, f"{key}_pin_file"), file_option=f"--{key}-pin-file", env=SECRET_ENV[key])
@@ -250,6 +263,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
 # -- info ----------------------------------------------------------------------------------------
 def _card_persona(card: Card):
     """The card's persona from card.json, or a StateError naming the file."""
+    from .issuance import persona_from_json
+
     doc = card.dir.meta.get("persona")
     try:
         if not isinstance(doc, dict):
@@ -890,6 +905,7 @@ def _check_trace_path(path: Path) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve cards in vpcd readers. Imports the card stack itself, once the readers are connected."""
     from reader_bridge.serve import ServeError, reader_name, refuse_same_card_twice, serve
 
     if not 0 <= args.slot < 16:
@@ -907,36 +923,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     private_dir(data_dir())
     dirs = [Path(d) for d in args.card_dir] or [demo_card_dir()]
     if not args.card_dir:
+        _import_commands()
         _demo_card(dirs[0])
     try:
         refuse_same_card_twice(dirs)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    from reader_bridge.steering import ReaderSlot
-
-    from .channel import ControlServer, socket_path
-    from .controls import CardControls
+    if any(not d.is_dir() for d in dirs):  # said before the reader is touched
+        missing = next(d for d in dirs if not d.is_dir())
+        raise UsageError(f"{missing}: no card directory here (issue one with `mynaemu issue {missing}`)")
 
     interface = "contactless" if args.contactless else "contact"
     cards: dict[int, Card] = {}
-    try:
-        for i, d in enumerate(dirs):
-            cards[args.slot + i] = Card.load(d, interface=interface)
-    except BaseException:
-        for card in cards.values():
-            card.close()
-        raise
-
-    # What goes into the reader is the card behind a fault injector; the controls steer both.
-    # ObservedCard (a FaultyCard) also keeps the last exchanges, masked, for `ctl`'s `recent` op
-    # (an attached `mynaemu console` shows them).
-    from .console.live import ObservedCard
-
-    faulty = {slot: ObservedCard(card) for slot, card in cards.items()}
+    faulty: dict[int, object] = {}
     controls: dict[int, CardControls] = {}
     channels: dict[int, Path] = {}
 
+    def load_cards() -> dict[int, object]:
+        # Run by serve() once its links are connected to vpcd: the card stack's imports (~100 ms)
+        # and the loads overlap pcscd's presence poll instead of preceding it.
+        _import_commands()
+        try:
+            for i, d in enumerate(dirs):
+                cards[args.slot + i] = Card.load(d, interface=interface)
+        except BaseException:
+            for card in cards.values():
+                card.close()
+            raise
+        # What goes into the reader is the card behind a fault injector; the controls steer both.
+        # ObservedCard (a FaultyCard) also keeps the last exchanges, masked, for `ctl`'s `recent` op
+        # (an attached `mynaemu console` shows them).
+        from .console.live import ObservedCard
+
+        faulty.update({slot: ObservedCard(card) for slot, card in cards.items()})
+        return faulty
+
     def on_serving(readers):
+        from reader_bridge.steering import ReaderSlot
+
+        from .channel import ControlServer, socket_path
+        from .controls import CardControls
+
         servers = []
         for slot, card in sorted(cards.items()):
             controls[slot] = CardControls(card, presence=ReaderSlot(readers, slot, faulty[slot]), faults=faulty[slot])
@@ -971,8 +998,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     control = control_from_stdin(controls) if args.interactive else None
     try:
-        serve(faulty, trace_path=args.trace, start_pcscd=not args.no_start_pcscd, on_ready=ready, control=control,
-              on_serving=on_serving)
+        serve(dict.fromkeys(args.slot + i for i in range(len(dirs))), trace_path=args.trace,
+              start_pcscd=not args.no_start_pcscd, on_ready=ready, control=control, on_serving=on_serving,
+              load=load_cards)
     except ValueError as exc:  # e.g. a slot this vpcd does not have
         raise UsageError(str(exc)) from None
     except ServeError as exc:  # an occupied or lost slot: said in one line, exit 1
@@ -984,6 +1012,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             card.close()
     print("Stopped; the card's state is saved.")
     return 0
+
+
+cmd_serve.imports_lazily = True  # type: ignore[attr-defined]  # main() leaves the imports to it
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -1280,7 +1311,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else 2
-    _import_commands()
+    if not getattr(args.func, "imports_lazily", False):
+        _import_commands()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     name = "mynaemu " + args.command
@@ -1292,7 +1324,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (UsageError, IssuanceError, admin.AdminError, StateError, ProfileError) as exc:
+    except _usage_errors() as exc:
         return fail(2, str(exc))
     except RuntimeFailure as exc:
         return fail(1, str(exc))

@@ -15,9 +15,11 @@ accepts the next one in its queue whenever the link drops, so:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -29,7 +31,7 @@ from typing import Any
 from . import CardLike
 from .pcscd import PcscdHarness, find_vpcd_readers, pcsc_context, pcscd_running, reader_name, wait_for_card
 from .trace import ApduTrace
-from .vpcd import VPCD_PORT, VirtualReaderSet
+from .vpcd import VPCD_PORT, VirtualReaderSet, connect_to_vpcd
 
 __all__ = [
     "ServeError",
@@ -247,6 +249,7 @@ def serve(
     lost_after: float = 5.0,
     foreign_after: float = 1.5,
     on_serving: Callable[[VirtualReaderSet], Callable[[], object] | None] | None = None,
+    load: Callable[[], Mapping[int, CardLike]] | None = None,
 ) -> None:
     """Expose ``cards`` (slot → card) through vpcd until ``stop_event``, SIGINT or SIGTERM.
 
@@ -263,6 +266,13 @@ def serve(
     it may remove and insert cards on demand and set ``stop``. ``on_serving(readers)``, when
     given, is called once the cards are ready, before ``on_ready`` (e.g. to open control
     channels); what it returns, if callable, is called before the cards are removed at the end.
+
+    With ``load``, ``cards`` names the slots only (its values are ignored) and ``load()`` makes
+    the cards. When pcscd runs already, the links connect to vpcd *before* it runs (once the
+    slots are checked free), so pcscd's presence poll, every 400 ms, can find them while the
+    cards load; pcscd's ATR request waits on the connection until the card answers. If ``load``
+    raises, the connections close unanswered (pcscd never sees a card) and the exception
+    propagates. When pcscd must be started, ``load`` runs first.
     """
     stop = stop_event if stop_event is not None else threading.Event()
     harness = PcscdHarness(log_path=pcscd_log)
@@ -271,7 +281,12 @@ def serve(
     pcsc = _pyscard_available()
     guard: _SlotGuard | None = None
     try:
-        if start_pcscd or pcscd_running(harness.socket_path):
+        running = pcscd_running(harness.socket_path)
+        if load is not None and not running:
+            # No pcscd to overlap with (starting one is the slow part), and a card that does not
+            # load is refused before any pcscd is started.
+            cards, load = load(), None
+        if start_pcscd or running:
             harness.start()
         if harness.exposed is not None:
             say(f"warning: {harness.exposed}, so any local process can connect to vpcd on 127.0.0.1:"
@@ -285,9 +300,25 @@ def serve(
                 if present.get(name):
                     raise SlotOccupied(f"reader {name!r} already holds a card (another 'mynaemu serve' or vpcd "
                                        f"client has slot {slot}); not serving into it")
+        early: dict[int, socket.socket] = {}
+        if load is not None:
+            try:
+                for slot in slots:
+                    with contextlib.suppress(OSError):  # not reachable now: the link retries as usual
+                        early[slot] = connect_to_vpcd(host, VPCD_PORT + slot, 2.0, harness.netns)
+                        log.info("slot %d: connected to vpcd early, loading the card", slot)
+                cards = load()
+            except BaseException:
+                for sock in early.values():
+                    sock.close()
+                raise
         with VirtualReaderSet(host=host, trace=trace, netns=harness.netns) as readers:
-            for slot in slots:
-                readers.insert(slot, cards[slot])
+            try:
+                for slot in slots:
+                    readers.insert(slot, cards[slot], connected_socket=early.pop(slot, None))
+            finally:
+                for sock in early.values():
+                    sock.close()
             _wait_ready(readers, names, ready_timeout, pcsc)
             log.info("serving %s", ", ".join(names.values()))
             guard = _SlotGuard(readers, names, stop, lost_after=lost_after, foreign_after=foreign_after, pcsc=pcsc)

@@ -126,9 +126,13 @@ class VpcdLink:
         backoff_max: float = 1.0,
         connect_timeout: float = 2.0,
         netns: NetNamespace | None = None,
+        connected_socket: socket.socket | None = None,
     ) -> None:
         if slot < 0:
             raise ValueError("slot must be >= 0")
+        # A connection to vpcd made before the card was ready (``connect_early``): the first
+        # connection the link serves; later reconnects are the link's own.
+        self._early_socket = connected_socket
         self.card = card
         self.slot = slot
         self.host = host
@@ -167,6 +171,9 @@ class VpcdLink:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the link: close the socket (vpcd then reports the card removed) and join."""
         self._stop.set()
+        early, self._early_socket = self._early_socket, None
+        if early is not None:  # never served: the thread did not start, or has not taken it yet
+            early.close()
         self.drop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -208,12 +215,13 @@ class VpcdLink:
     # -- connection ----------------------------------------------------------------------------
 
     def _connect(self) -> socket.socket | None:
-        connect = socket.create_connection if self.netns is None else self.netns.create_connection
-        try:
-            sock = connect((self.host, self.port), self.connect_timeout)
-        except OSError as exc:
-            log.debug("slot %d: vpcd at %s:%d not reachable: %s", self.slot, self.host, self.port, exc)
-            return None
+        sock, self._early_socket = self._early_socket, None
+        if sock is None:
+            try:
+                sock = connect_to_vpcd(self.host, self.port, self.connect_timeout, self.netns)
+            except OSError as exc:
+                log.debug("slot %d: vpcd at %s:%d not reachable: %s", self.slot, self.host, self.port, exc)
+                return None
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
@@ -332,6 +340,12 @@ class VpcdLink:
         return None
 
 
+def connect_to_vpcd(host: str, port: int, timeout: float, netns: NetNamespace | None = None) -> socket.socket:
+    """A TCP connection to vpcd's port (inside ``netns`` when given); OSError if it cannot be made."""
+    connect = socket.create_connection if netns is None else netns.create_connection
+    return connect((host, port), timeout)
+
+
 class VirtualReaderSet:
     """Several cards in one process, one :class:`VpcdLink` thread per slot."""
 
@@ -352,8 +366,8 @@ class VirtualReaderSet:
         self._links: dict[int, VpcdLink] = {}
         self._lock = threading.Lock()
 
-    def insert(self, slot: int, card: CardLike) -> VpcdLink:
-        """Put ``card`` in ``slot`` (connects to vpcd port base_port + slot).
+    def insert(self, slot: int, card: CardLike, *, connected_socket: socket.socket | None = None) -> VpcdLink:
+        """Put ``card`` in ``slot`` (connects to vpcd port base_port + slot, or serves ``connected_socket``).
 
         Refuses a taken slot and a card already in another slot: two links on one card would
         interleave two readers' sessions on one security status.
@@ -371,6 +385,7 @@ class VirtualReaderSet:
                 port=self.base_port + slot,
                 trace=self.trace,
                 netns=self.netns,
+                connected_socket=connected_socket,
                 **self._link_options,  # type: ignore[arg-type]
             )
             self._links[slot] = link

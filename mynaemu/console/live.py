@@ -9,7 +9,6 @@ channel) answers the scenario controls' JSON requests and makes the snapshot the
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import datetime as dt
@@ -18,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reader_bridge.steering import FaultyCard
 from reader_bridge.vpcd import NoAnswer
@@ -27,6 +26,9 @@ from .. import sw
 from ..card import Card
 from ..controls import CardControls
 from ..redact import carries_secret, mask_command
+
+if TYPE_CHECKING:  # asyncio only where the console's pages run: `mynaemu serve` uses ObservedCard alone
+    import asyncio
 
 APDU_LOG_LENGTH = 14
 CERT_STATES = ("good", "held", "revoked", "expired", "unknown")
@@ -121,6 +123,8 @@ class EventHub:
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
 
     def subscribe(self) -> asyncio.Queue:
+        import asyncio
+
         queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
         with self._lock:
             self._subscribers.append((asyncio.get_running_loop(), queue))
@@ -140,6 +144,8 @@ class EventHub:
 
 
 def _put(queue: asyncio.Queue, index: int) -> None:
+    import asyncio
+
     with contextlib.suppress(asyncio.QueueFull):  # a stalled page: it gets a snapshot later anyway
         queue.put_nowait(index)
 
