@@ -61,7 +61,9 @@ class Card:
 
     One card directory has one live writable Card per process (a second ``load`` is refused, see
     ``state.acquire_card_lock``), and a Card is safe to use from several threads: ``transmit`` and
-    the operator commands take the card's lock, so no two of them interleave.
+    the operator commands take the card's lock, so no two of them interleave. (``transmit``
+    answers a few commands that change nothing from one read of the state, without the lock:
+    they too fall wholly before or after any other command.)
     """
 
     def __init__(
@@ -265,6 +267,24 @@ class Card:
         """
         if apdu.__class__ is not bytes:  # bytearray/memoryview/list from transports: one copy, then hashable slices
             apdu = bytes(apdu)
+        if self._ready:
+            # Answers that change nothing, given without the lock: a READ BINARY answer the
+            # current EF kept (its access rule checked now) and a remembered answer that selects
+            # nothing (a refused probe, GET DATA). Each reads one consistent state: the session
+            # object once, then its own fields, each read atomic; so it is ordered before or
+            # after any command holding the lock, as if it had taken the lock itself.
+            if len(apdu) == 5:
+                session = self.session
+                ef = session.ef
+                if ef.__class__ is _BinaryEf:
+                    answer = ef.reads.get(apdu)  # type: ignore[union-attr]
+                    if answer is not None:
+                        rule = ef.rule
+                        if rule is None or not rule.isdisjoint(session.verified):
+                            return answer
+            answered = self._known.get(apdu)
+            if answered is not None and answered[1] is None:
+                return answered[0]
         self._enter()  # the card's lock; not ``with``: the fast path is short enough for its cost to show
         try:
             if not self._ready:

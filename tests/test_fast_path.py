@@ -93,3 +93,95 @@ def test_a_flood_of_foreign_aids_keeps_the_memory_bounded(card_dir: Path) -> Non
             card.transmit(b"\xa0\x00" + (1).to_bytes(4, "big"))
         with pytest.raises(CardClosedError):  # a remembered answer is no way around a closed card
             card.transmit(bytes.fromhex("00A4040C06A00000000001"))
+
+
+# -- the answers given without the lock -------------------------------------------------------------
+SELECT_JPKI = bytes.fromhex("00A4040C0AD392F000260100000001")
+SELECT_SIGN_CERT = bytes.fromhex("00A4020C020001")  # readable with the sign PIN verified only
+READ_HEAD = bytes.fromhex("00B0000004")
+
+
+def test_a_kept_read_answer_is_never_given_without_its_pin(card_dir: Path) -> None:
+    # One thread verifies the sign PIN and clears it again (SELECT of the AP), round after round;
+    # others read the protected EF meanwhile, mostly from the answer it keeps. A read that got the
+    # certificate must overlap a moment when the PIN could have been verified.
+    import threading
+
+    card = Card.load(card_dir)
+    pin = SECRETS["sign"].encode()
+    verify_sign = bytes((0x00, 0x20, 0x00, 0x9B, len(pin))) + pin  # P2 80|SFI 1B: the current EF stays
+    state = {"possible": False, "changes": 0}
+    stop = threading.Event()
+    violations: list[str] = []
+    seen: dict[bytes, int] = {}
+
+    def mark(possible: bool) -> None:
+        state["changes"] += 1
+        state["possible"] = possible
+
+    def office() -> None:
+        for _ in range(150):
+            assert card.transmit(SELECT_JPKI) == b"\x90\x00"
+            mark(False)  # the SELECT cleared the status
+            assert card.transmit(SELECT_SIGN_CERT) == b"\x90\x00"
+            mark(True)  # from here the VERIFY may land at any moment
+            assert card.transmit(verify_sign) == b"\x90\x00"
+            for _ in range(20):
+                if stop.is_set():
+                    return
+            # the SELECT of the next round is sent with the PIN still verified: "possible" holds
+        stop.set()
+
+    def reader() -> None:
+        while not stop.is_set():
+            before = (state["possible"], state["changes"])
+            answer = card.transmit(READ_HEAD)
+            after = (state["possible"], state["changes"])
+            seen[answer[-2:]] = seen.get(answer[-2:], 0) + 1
+            if answer[-2:] == b"\x90\x00" and not before[0] and not after[0] and before[1] == after[1]:
+                violations.append(f"the certificate while the PIN was not verified ({before}, {after})")
+
+    workers = [threading.Thread(target=reader) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        office()
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+        card.close()
+    assert not violations, violations[:3]
+    assert seen.get(b"\x90\x00", 0) > 100 and seen.get(b"\x69\x82", 0) > 0, seen  # both sides were exercised
+
+
+def test_nothing_is_answered_after_close_returns(card_dir: Path) -> None:
+    import threading
+
+    card = Card.load(card_dir)
+    for apdu in (SELECT_JPKI, bytes.fromhex("00A4020C02000A"), READ_HEAD, bytes.fromhex("00A4040009A0000003080000100000")):
+        card.transmit(apdu)  # the READ answer kept, the probe's refusal remembered: both lock-free from now
+    closed = threading.Event()
+    late: list[bytes] = []
+    refused = [0]
+
+    def client(apdu: bytes) -> None:
+        while True:
+            was_closed = closed.is_set()
+            try:
+                answer = card.transmit(apdu)
+            except CardClosedError:
+                refused[0] += 1
+                return
+            if was_closed:
+                late.append(answer)
+
+    workers = [threading.Thread(target=client, args=(a,))
+               for a in (READ_HEAD, bytes.fromhex("00A4040009A0000003080000100000"))]
+    for w in workers:
+        w.start()
+    card.close()
+    closed.set()
+    for w in workers:
+        w.join(30)
+    assert late == [] and refused[0] == 2
