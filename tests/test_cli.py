@@ -157,3 +157,10 @@ def test_help_imports_neither_the_card_nor_cryptography() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_help_lists_the_profiles_variants() -> None:
+    from mynaemu.cli import _variant_names
+    from mynaemu.profile import Profile
+
+    assert _variant_names() == Profile.load().variant_names()
