@@ -224,6 +224,7 @@ def test_without_a_lease_the_card_keeps_its_flock(card_dir: Path, tmp_path: Path
 def test_stale_leases_are_swept(card_dir: Path) -> None:
     from mynaemu.state import lease_dir
 
+    Card.load(card_dir).close()  # this process's lease exists from here
     proc = _holder(card_dir)
     proc.kill()
     proc.wait()

@@ -104,7 +104,8 @@ READ_HEAD = bytes.fromhex("00B0000004")
 def test_a_kept_read_answer_is_never_given_without_its_pin(card_dir: Path) -> None:
     # One thread verifies the sign PIN and clears it again (SELECT of the AP), round after round;
     # others read the protected EF meanwhile, mostly from the answer it keeps. A read that got the
-    # certificate must overlap a moment when the PIN could have been verified.
+    # certificate must overlap a moment when the PIN could have been verified. Each round waits
+    # until a reader has seen both the refusal and the certificate, so both sides are exercised.
     import threading
 
     card = Card.load(card_dir)
@@ -112,32 +113,20 @@ def test_a_kept_read_answer_is_never_given_without_its_pin(card_dir: Path) -> No
     verify_sign = bytes((0x00, 0x20, 0x00, 0x9B, len(pin))) + pin  # P2 80|SFI 1B: the current EF stays
     state = {"possible": False, "changes": 0}
     stop = threading.Event()
+    saw = {b"\x90\x00": threading.Event(), b"\x69\x82": threading.Event()}
     violations: list[str] = []
-    seen: dict[bytes, int] = {}
 
     def mark(possible: bool) -> None:
         state["changes"] += 1
         state["possible"] = possible
-
-    def office() -> None:
-        for _ in range(150):
-            assert card.transmit(SELECT_JPKI) == b"\x90\x00"
-            mark(False)  # the SELECT cleared the status
-            assert card.transmit(SELECT_SIGN_CERT) == b"\x90\x00"
-            mark(True)  # from here the VERIFY may land at any moment
-            assert card.transmit(verify_sign) == b"\x90\x00"
-            for _ in range(20):
-                if stop.is_set():
-                    return
-            # the SELECT of the next round is sent with the PIN still verified: "possible" holds
-        stop.set()
 
     def reader() -> None:
         while not stop.is_set():
             before = (state["possible"], state["changes"])
             answer = card.transmit(READ_HEAD)
             after = (state["possible"], state["changes"])
-            seen[answer[-2:]] = seen.get(answer[-2:], 0) + 1
+            if answer[-2:] in saw:
+                saw[answer[-2:]].set()
             if answer[-2:] == b"\x90\x00" and not before[0] and not after[0] and before[1] == after[1]:
                 violations.append(f"the certificate while the PIN was not verified ({before}, {after})")
 
@@ -145,14 +134,23 @@ def test_a_kept_read_answer_is_never_given_without_its_pin(card_dir: Path) -> No
     for w in workers:
         w.start()
     try:
-        office()
+        for _ in range(40):
+            assert card.transmit(SELECT_JPKI) == b"\x90\x00"
+            mark(False)  # the SELECT cleared the status
+            assert card.transmit(SELECT_SIGN_CERT) == b"\x90\x00"
+            saw[b"\x69\x82"].clear()
+            assert saw[b"\x69\x82"].wait(10)  # a reader was refused in this window
+            mark(True)  # from here the VERIFY may land at any moment
+            assert card.transmit(verify_sign) == b"\x90\x00"
+            saw[b"\x90\x00"].clear()
+            assert saw[b"\x90\x00"].wait(10)  # ... and got the certificate once it had
+            # the next round's SELECT is sent with the PIN still verified: "possible" holds
     finally:
         stop.set()
         for w in workers:
             w.join(30)
         card.close()
     assert not violations, violations[:3]
-    assert seen.get(b"\x90\x00", 0) > 100 and seen.get(b"\x69\x82", 0) > 0, seen  # both sides were exercised
 
 
 def test_nothing_is_answered_after_close_returns(card_dir: Path) -> None:
