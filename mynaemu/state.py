@@ -315,7 +315,7 @@ class CardLock:
     a descriptor for a write either way.
     """
 
-    __slots__ = ("__weakref__", "claimed", "fd", "held", "identity", "nonce", "path")
+    __slots__ = ("__weakref__", "fd", "held", "identity", "nonce", "path")
 
     def __init__(self, path: Path, fd: int, identity: tuple[int, int]) -> None:
         self.path = path
@@ -324,8 +324,12 @@ class CardLock:
         # The claim's random name for this load: without a descriptor pinning the directory, its
         # (device, inode) may be reused (a removed tmpfs, a deleted directory); the nonce is not.
         self.nonce: str | None = None
-        self.claimed = False
         self.held = True
+
+    @property
+    def claimed(self) -> bool:
+        """True once a claim holds the card (``idle``); False while the directory's flock does."""
+        return self.nonce is not None
 
     def genuine(self) -> bool:
         """True while the directory still carries this lock's claim (always, for a kept flock)."""
@@ -389,7 +393,6 @@ class CardLock:
             except OSError as exc:  # e.g. a read-only card directory or a full disk: keep the flock
                 log.info("%s: no writer claim (%s); the card keeps its own lock", self.path, exc.strerror or exc)
                 return
-            self.claimed = True
             fd, self.fd = self.fd, -1
         os.close(fd)  # drops the flock: the claim holds the card from here
 

@@ -43,6 +43,36 @@ class CardLike(Protocol):
         ...
 
 
+class CardWrapper:
+    """A card in front of another: passes everything to ``self.card``; subclasses override what they add.
+
+    For what stands between a card and its reader (fault injectors, recorders): they keep the
+    :class:`CardLike` shape without restating it.
+    """
+
+    card: CardLike
+
+    @property
+    def atr(self) -> bytes:
+        return self.card.atr
+
+    @property
+    def current_ap(self) -> str | None:
+        return self.card.current_ap
+
+    def power_on(self) -> bytes:
+        return self.card.power_on()
+
+    def reset(self) -> bytes:
+        return self.card.reset()
+
+    def power_off(self) -> None:
+        self.card.power_off()
+
+    def transmit(self, apdu: bytes) -> bytes:
+        return self.card.transmit(apdu)
+
+
 _LAZY = {
     "VpcdLink": "reader_bridge.vpcd",
     "VirtualReaderSet": "reader_bridge.vpcd",

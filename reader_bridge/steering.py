@@ -18,7 +18,7 @@ from typing import Any
 from mynaemu.controls import FaultSpec
 from mynaemu.redact import mask_command
 
-from . import CardLike
+from . import CardLike, CardWrapper
 from .vpcd import SW_CARD_ERROR, NoAnswer, VirtualReaderSet
 
 __all__ = ["FaultyCard", "ReaderSlot"]
@@ -49,7 +49,7 @@ class _Fired:
 
 
 @dataclass
-class FaultyCard:
+class FaultyCard(CardWrapper):
     """A card with faults armed between it and the reader (``add_fault``, ``clear_faults``).
 
     ``on_remove`` takes the card out of its reader (``ReaderSlot.remove``); without it a remove
@@ -68,24 +68,7 @@ class FaultyCard:
         # Set to let go every held command (mute) and waiting delay (slow); replaced on clear.
         self._release = threading.Event()
 
-    # -- CardLike ----------------------------------------------------------------------------------
-    @property
-    def atr(self) -> bytes:
-        return self.card.atr
-
-    @property
-    def current_ap(self) -> str | None:
-        return self.card.current_ap
-
-    def power_on(self) -> bytes:
-        return self.card.power_on()
-
-    def reset(self) -> bytes:
-        return self.card.reset()
-
-    def power_off(self) -> None:
-        self.card.power_off()
-
+    # -- CardLike (power and ATR pass through, from CardWrapper) ---------------------------------
     def transmit(self, apdu: bytes) -> bytes:
         """The card's answer, unless an armed fault fires on this command."""
         apdu = bytes(apdu)

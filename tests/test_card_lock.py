@@ -236,3 +236,21 @@ def test_stale_leases_are_swept(card_dir: Path) -> None:
     left = set(lease_dir().glob("*.lease"))
     assert left < leases and all(p.stat().st_mode & 0o777 == 0o600 for p in left)  # the dead one is gone
     assert lease_dir().stat().st_mode & 0o777 == 0o700
+
+
+def test_a_claim_that_cannot_be_written_leaves_the_card_on_its_flock(card_dir: Path, monkeypatch) -> None:
+    from mynaemu import state
+
+    Card.load(card_dir).close()  # the lease exists: only the claim's write fails below
+
+    def disk_full(*args: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state, "_write_claim", disk_full)
+    before = _open_fds()
+    card = Card.load(card_dir)
+    assert _open_fds() == before + 1 and not (card_dir / ".run").exists()
+    res = cli("send", str(card_dir), "00A40000")
+    assert res.returncode == 2 and "in use by another process" in res.stderr
+    card.close()
+    assert _open_fds() == before and cli("send", str(card_dir), "00A40000").returncode == 0

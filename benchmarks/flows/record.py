@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from mynaemu import Card  # noqa: E402
 from mynaemu.testing import TEST_SECRETS, issue_test_card  # noqa: E402
+from reader_bridge import CardWrapper  # noqa: E402
 from reader_bridge.pcscd import PcscdHarness, find_vpcd_readers, reader_name, wait_for_card  # noqa: E402
 from reader_bridge.vpcd import VirtualReaderSet  # noqa: E402
 
@@ -35,24 +36,12 @@ PKCS11_MODULES = ("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "/usr/lib/aarch6
 PIN_HEX = TEST_SECRETS["auth"].encode().hex().upper()
 
 
-class RecordingCard:
+class RecordingCard(CardWrapper):
     """A card that keeps every command APDU it answers."""
 
     def __init__(self, card: Card) -> None:
         self.card = card
         self.apdus: list[bytes] = []
-
-    atr = property(lambda self: self.card.atr)
-    current_ap = property(lambda self: self.card.current_ap)
-
-    def power_on(self) -> bytes:
-        return self.card.power_on()
-
-    def reset(self) -> bytes:
-        return self.card.reset()
-
-    def power_off(self) -> None:
-        self.card.power_off()
 
     def transmit(self, apdu: bytes) -> bytes:
         self.apdus.append(bytes(apdu))

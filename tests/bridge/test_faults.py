@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from mynaemu import Card
+from reader_bridge import CardWrapper
 from reader_bridge.pcscd import wait_for_card
 
 pytestmark = pytest.mark.pcsc
@@ -178,7 +179,7 @@ def bounded(fn: Callable[[], object], timeout: float = HUNG) -> object:
 # -- fixtures --------------------------------------------------------------------------------------
 
 
-class Gate:
+class Gate(CardWrapper):
     """Passes everything to the card; after processing ``hold`` it waits for ``release`` before answering."""
 
     def __init__(self, card: Card, hold: bytes) -> None:
@@ -187,14 +188,6 @@ class Gate:
         self.held = threading.Event()
         self.release = threading.Event()
         self.log: list[str] = []
-
-    @property
-    def atr(self) -> bytes:
-        return self.card.atr
-
-    @property
-    def current_ap(self) -> str | None:
-        return self.card.current_ap
 
     def power_on(self) -> bytes:
         self.log.append("power_on")
