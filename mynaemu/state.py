@@ -500,13 +500,16 @@ def _read_claim(card_fd: int) -> dict | None:
     except OSError:
         return None
     try:
-        fd = os.open(CLAIM_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=run_fd)
+        # Non-blocking, regular files only: a FIFO or a directory planted there is no claim.
+        fd = os.open(CLAIM_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=run_fd)
     except OSError:
         return None
     finally:
         os.close(run_fd)
     try:
-        raw = os.read(fd, 4096)
+        raw = os.read(fd, 4096) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return None
     finally:
         os.close(fd)
     try:
@@ -524,9 +527,10 @@ def _live_claim(card_fd: int, identity: tuple[int, int]) -> str | None:
         return None  # no claim, or one copied along with another card directory
     if _lease is not None and doc["lease"] == str(_lease.path):
         return None  # this process's own, left behind: the registry above speaks for this process
-    holder = f"process {doc.get('pid')}"
+    pid = doc.get("pid")
+    holder = f"process {pid}" if type(pid) is int else "another process"
     try:
-        fd = os.open(doc["lease"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(doc["lease"], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None  # its process ended, and its lease was cleaned up
     except OSError:

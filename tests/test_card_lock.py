@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -169,6 +170,26 @@ def test_a_forged_or_broken_claim_cannot_lock_a_card_out(card_dir: Path) -> None
         (card_dir / ".run" / "writer.json").write_bytes(junk)
         Card.load(card_dir).close()
         assert not (card_dir / ".run").exists()  # replaced by this load's claim, then removed with it
+    # Neither a FIFO nor a directory where the claim goes, nor a claim naming a FIFO as its lease, blocks a load.
+    fifo = card_dir.parent / "lease-fifo"
+    os.mkfifo(fifo)
+    st = os.stat(card_dir)
+    for plant in ("fifo", "dir", "fifo-lease"):
+        (card_dir / ".run").mkdir(mode=0o700, exist_ok=True)
+        claim = card_dir / ".run" / "writer.json"
+        if plant == "fifo":
+            os.mkfifo(claim)
+        elif plant == "dir":
+            claim.mkdir()
+        else:
+            claim.write_text(json.dumps({"format": "mynaemu-writer-claim", "lease": str(fifo), "pid": "x" * 50,
+                                         "dev": st.st_dev, "ino": st.st_ino, "nonce": "0"}))
+        if plant == "dir":  # cannot be replaced by a file: the card keeps its flock, and loads
+            with Card.load(card_dir) as card:
+                assert not card._lock.claimed  # type: ignore[union-attr]
+            claim.rmdir()
+        else:
+            Card.load(card_dir).close()
 
 
 def test_a_new_directory_on_a_reused_inode_is_not_the_old_card(card_dir: Path, tmp_path: Path, monkeypatch) -> None:
